@@ -1,0 +1,88 @@
+//! The process contract: the listening line on stdout, clean exit on SIGTERM and SIGINT, and
+//! a stop that does not wait for open connections to go away.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test]
+async fn listening_line_names_a_port_that_accepts_connections() {
+    within(TEST_TIMEOUT, async {
+        let server = Server::echo(&[]).await;
+        let mut conn = server.raw().await;
+        conn.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(conn.read_response().await.status, 200);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn two_servers_on_port_0_get_different_ports() {
+    within(TEST_TIMEOUT, async {
+        let a = Server::echo(&[]).await;
+        let b = Server::echo(&[]).await;
+        assert_ne!(a.addr, b.addr);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_server_with_exit_0() {
+    within(TEST_TIMEOUT, async {
+        let mut server = Server::echo(&[]).await;
+        server.signal("TERM").await;
+        let status = server.wait_exit(Duration::from_secs(10)).await;
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "exit after SIGTERM: {status}\n{}",
+            server.log()
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn sigint_stops_the_server_with_exit_0() {
+    within(TEST_TIMEOUT, async {
+        let mut server = Server::echo(&[]).await;
+        server.signal("INT").await;
+        let status = server.wait_exit(Duration::from_secs(10)).await;
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "exit after SIGINT: {status}\n{}",
+            server.log()
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn sigterm_with_open_connections_still_exits_0() {
+    within(TEST_TIMEOUT, async {
+        let mut server = Server::echo(&[]).await;
+        let mut upgraded = server.upgraded().await;
+        upgraded.send(&final_frame(OP_TEXT, b"hi")).await;
+        assert_eq!(upgraded.read_message().await, (OP_TEXT, b"hi".to_vec()));
+        let mut idle = server.raw().await;
+        idle.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(idle.read_response().await.status, 200);
+        let _half = {
+            let mut c = server.raw().await;
+            c.send(b"GET /echo HTTP/1.1\r\nHo").await;
+            c
+        };
+        server.signal("TERM").await;
+        let status = server.wait_exit(Duration::from_secs(10)).await;
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "exit after SIGTERM: {status}\n{}",
+            server.log()
+        );
+    })
+    .await
+}
