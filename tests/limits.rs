@@ -181,7 +181,14 @@ fn health_with_headers(extra: &[String]) -> Vec<u8> {
 async fn status_of(server: &Server, bytes: &[u8]) -> u16 {
     let mut conn = server.raw().await;
     conn.send_while_reading(bytes).await.ok();
-    conn.read_response().await.status
+    let response = conn.read_response().await;
+    let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(120)]);
+    eprintln!(
+        "{} bytes ({shown:?}...) -> {}",
+        bytes.len(),
+        response.status
+    );
+    response.status
 }
 
 #[tokio::test]

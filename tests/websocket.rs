@@ -71,6 +71,10 @@ async fn expect_close_reply_to(server: &Server, payload: &[u8], code: u16) {
 #[tokio::test]
 async fn upgrade_returns_101_with_rfc_accept_value() {
     within(TEST_TIMEOUT, async {
+        // RFC 6455 §1.3: base64(SHA-1(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11")).
+        let derived =
+            tokio_tungstenite::tungstenite::handshake::derive_accept_key(RFC_KEY.as_bytes());
+        assert_eq!(derived, RFC_ACCEPT);
         let server = Server::echo(&[]).await;
         let mut conn = server.raw().await;
         conn.send(UPGRADE_REQUEST.as_bytes()).await;

@@ -25,7 +25,7 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The key from RFC 6455 §1.3 and the accept value the RFC derives from it.
 pub const RFC_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-pub const RFC_ACCEPT: &str = "s3pPLMBiTxaQ9kYGOzzo4BQAtzs=";
+pub const RFC_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 
 /// The valid upgrade request for `/echo`, using [`RFC_KEY`].
 pub const UPGRADE_REQUEST: &str = "GET /echo HTTP/1.1\r\n\
