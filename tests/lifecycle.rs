@@ -19,6 +19,27 @@ async fn listening_line_names_a_port_that_accepts_connections() {
 }
 
 #[tokio::test]
+async fn stdout_carries_exactly_one_line_the_listening_line() {
+    within(TEST_TIMEOUT, async {
+        let mut server = Server::echo(&[]).await;
+        let mut conn = server.upgraded().await;
+        conn.send(&final_frame(OP_TEXT, b"hi")).await;
+        assert_eq!(conn.read_message().await, (OP_TEXT, b"hi".to_vec()));
+        server.signal("TERM").await;
+        server.wait_exit(Duration::from_secs(10)).await;
+        // Let the stdout reader see EOF.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let expected = format!("{LISTENING_PREFIX}{}", server.addr);
+        assert_eq!(
+            server.stdout_lines(),
+            vec![expected],
+            "stdout must be the listening line only"
+        );
+    })
+    .await
+}
+
+#[tokio::test]
 async fn two_servers_on_port_0_get_different_ports() {
     within(TEST_TIMEOUT, async {
         let a = Server::echo(&[]).await;

@@ -86,6 +86,7 @@ pub struct Server {
     pub addr: SocketAddr,
     child: Child,
     stderr: Arc<Mutex<String>>,
+    stdout: Arc<Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -106,6 +107,7 @@ impl Server {
             .arg("--listen")
             .arg("127.0.0.1:0")
             .args(io.args())
+            .args(port_0_for_other_listeners())
             .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -125,37 +127,53 @@ impl Server {
             }
         });
 
+        // The contract is exactly one stdout line; any other line before it is recorded (see
+        // `stdout_lines`, checked by tests/lifecycle.rs) but does not fail every other test.
+        let stdout = Arc::new(Mutex::new(Vec::new()));
         let mut out_lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-        let line = match tokio::time::timeout(STARTUP_TIMEOUT, out_lines.next_line()).await {
-            Ok(Ok(Some(line))) => line,
-            Ok(Ok(None)) => {
-                let status = child.wait().await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                panic!(
-                    "ringcast closed stdout before printing its listening line \
-                     (args {extra_args:?}, exit {status:?}); stderr:\n{}",
+        let deadline = tokio::time::Instant::now() + STARTUP_TIMEOUT;
+        let addr = loop {
+            let line = match tokio::time::timeout_at(deadline, out_lines.next_line()).await {
+                Ok(Ok(Some(line))) => line,
+                Ok(Ok(None)) => {
+                    let status = child.wait().await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    panic!(
+                        "ringcast closed stdout before printing its listening line \
+                         (args {extra_args:?}, exit {status:?}); stderr:\n{}",
+                        stderr.lock().unwrap()
+                    );
+                }
+                Ok(Err(e)) => panic!("reading ringcast stdout: {e}"),
+                Err(_) => panic!(
+                    "ringcast did not print its listening line within {STARTUP_TIMEOUT:?} \
+                     (args {extra_args:?}); stderr:\n{}",
                     stderr.lock().unwrap()
-                );
+                ),
+            };
+            stdout.lock().unwrap().push(line.clone());
+            if line.starts_with(LISTENING_PREFIX) {
+                break parse_listening_line(&line);
             }
-            Ok(Err(e)) => panic!("reading ringcast stdout: {e}"),
-            Err(_) => panic!(
-                "ringcast did not print its listening line within {STARTUP_TIMEOUT:?} \
-                 (args {extra_args:?}); stderr:\n{}",
-                stderr.lock().unwrap()
-            ),
         };
-        let addr = parse_listening_line(&line);
-        // Anything else on stdout breaks the contract, but must not block the server.
+        // Keep draining stdout so the server never blocks on a full pipe.
+        let sink = Arc::clone(&stdout);
         tokio::spawn(async move {
-            while let Ok(Some(extra)) = out_lines.next_line().await {
-                eprintln!("unexpected ringcast stdout line: {extra:?}");
+            while let Ok(Some(line)) = out_lines.next_line().await {
+                sink.lock().unwrap().push(line);
             }
         });
         Server {
             addr,
             child,
             stderr,
+            stdout,
         }
+    }
+
+    /// Every line the server printed on stdout so far, the listening line included.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
     }
 
     /// `ws://ADDR/echo`.
@@ -242,10 +260,32 @@ fn binary() -> String {
     std::env::var("RINGCAST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ringcast").to_string())
 }
 
+/// Flags that move any other listener the server opens by default (e.g. an admin port) to
+/// `127.0.0.1:0`, so parallel tests never fight over a fixed port. Detected once from
+/// `ringcast serve --help`, because such flags are not part of the tested contract.
+fn port_0_for_other_listeners() -> &'static [&'static str] {
+    static FLAGS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    FLAGS.get_or_init(|| {
+        let help = std::process::Command::new(binary())
+            .args(["serve", "--help"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        if help.contains("--admin-listen") {
+            vec!["--admin-listen", "127.0.0.1:0"]
+        } else {
+            Vec::new()
+        }
+    })
+}
+
+/// The start of the one line the server prints on stdout when it is ready.
+pub const LISTENING_PREFIX: &str = "ringcast: listening on ";
+
 /// Parses `ringcast: listening on 127.0.0.1:PORT`.
 fn parse_listening_line(line: &str) -> SocketAddr {
     let rest = line
-        .strip_prefix("ringcast: listening on ")
+        .strip_prefix(LISTENING_PREFIX)
         .unwrap_or_else(|| panic!("unexpected first stdout line: {line:?}"));
     let addr: SocketAddr = rest
         .trim_end()
