@@ -81,6 +81,50 @@ impl IoMode {
     }
 }
 
+/// The I/O modes a test that covers every driver should run: the one named by
+/// `RINGCAST_TEST_IO` if set; else each of `uring` and `epoll` that `ringcast serve --help`
+/// mentions; else (no `--io` flag yet) just the default.
+pub fn io_modes() -> Vec<IoMode> {
+    let from_env = IoMode::from_env();
+    if from_env != IoMode::Default {
+        return vec![from_env];
+    }
+    let help = serve_help();
+    if !help.contains("--io") {
+        return vec![IoMode::Default];
+    }
+    let mut modes = Vec::new();
+    if help.contains("uring") {
+        modes.push(IoMode::Uring);
+    }
+    if help.contains("epoll") {
+        modes.push(IoMode::Epoll);
+    }
+    if modes.is_empty() {
+        modes.push(IoMode::Default);
+    }
+    modes
+}
+
+/// True under CI (`RINGCAST_CI=1`), where a skip must fail instead (STYLE.md §6).
+pub fn skips_fail() -> bool {
+    std::env::var("RINGCAST_CI").is_ok_and(|v| v == "1")
+}
+
+/// Starts a server in `io` mode, or returns None after printing why the mode is skipped (the
+/// server exited before listening, e.g. the kernel lacks io_uring). Under `RINGCAST_CI=1` a
+/// skip panics instead.
+pub async fn start_or_skip(io: IoMode, extra_args: &[&str]) -> Option<Server> {
+    match Server::try_start(io, extra_args).await {
+        Ok(server) => Some(server),
+        Err(why) if skips_fail() => panic!("RINGCAST_CI=1 and {io:?} cannot start: {why}"),
+        Err(why) => {
+            eprintln!("SKIPPED {io:?}: {why}");
+            None
+        }
+    }
+}
+
 /// A running `ringcast serve`. Dropping it kills the process.
 pub struct Server {
     pub addr: SocketAddr,
@@ -101,6 +145,16 @@ impl Server {
     /// Starts `ringcast serve --listen 127.0.0.1:0` plus the mode's flags plus `extra_args`, and
     /// waits (at most [`STARTUP_TIMEOUT`]) for the listening line on stdout.
     pub async fn start(io: IoMode, extra_args: &[&str]) -> Server {
+        match Server::try_start(io, extra_args).await {
+            Ok(server) => server,
+            Err(why) => panic!("{why}"),
+        }
+    }
+
+    /// Like [`Server::start`], but a server that exits before it listens (e.g. `--io uring` on
+    /// a kernel without io_uring) is an `Err` with its exit status and stderr, so the caller
+    /// can skip. A server that hangs still panics.
+    pub async fn try_start(io: IoMode, extra_args: &[&str]) -> Result<Server, String> {
         let mut command = Command::new(binary());
         command
             .arg("serve")
@@ -138,11 +192,11 @@ impl Server {
                 Ok(Ok(None)) => {
                     let status = child.wait().await;
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    panic!(
-                        "ringcast closed stdout before printing its listening line \
-                         (args {extra_args:?}, exit {status:?}); stderr:\n{}",
+                    return Err(format!(
+                        "ringcast exited before printing its listening line \
+                         ({io:?}, args {extra_args:?}, exit {status:?}); stderr:\n{}",
                         stderr.lock().unwrap()
-                    );
+                    ));
                 }
                 Ok(Err(e)) => panic!("reading ringcast stdout: {e}"),
                 Err(_) => panic!(
@@ -163,12 +217,12 @@ impl Server {
                 sink.lock().unwrap().push(line);
             }
         });
-        Server {
+        Ok(Server {
             addr,
             child,
             stderr,
             stdout,
-        }
+        })
     }
 
     /// Every line the server printed on stdout so far, the listening line included.
@@ -266,16 +320,23 @@ fn binary() -> String {
 fn port_0_for_other_listeners() -> &'static [&'static str] {
     static FLAGS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
     FLAGS.get_or_init(|| {
-        let help = std::process::Command::new(binary())
-            .args(["serve", "--help"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        if help.contains("--admin-listen") {
+        if serve_help().contains("--admin-listen") {
             vec!["--admin-listen", "127.0.0.1:0"]
         } else {
             Vec::new()
         }
+    })
+}
+
+/// The text of `ringcast serve --help` (empty if it fails), read once.
+fn serve_help() -> &'static str {
+    static HELP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HELP.get_or_init(|| {
+        std::process::Command::new(binary())
+            .args(["serve", "--help"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
     })
 }
 
