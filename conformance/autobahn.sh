@@ -32,6 +32,8 @@
 #   AUTOBAHN_TIMEOUT       hard limit in seconds for the wstest run (default: 1200)
 #   RINGCAST_LISTEN_TIMEOUT seconds to wait for the "listening on" line (default: 30)
 #   AUTOBAHN_VERBOSE=1     also stream wstest output (always in <report>/wstest.log)
+#   RINGCAST_CONFORMANCE_SERVER_ARGS  extra flags for "ringcast serve" (word-split)
+# If "serve --help" lists --admin-listen, the admin listener goes to 127.0.0.1:0 too.
 set -euo pipefail
 # One brace group: bash parses the whole script before running it, so editing this file
 # (e.g. a git checkout) during a run cannot break that run.
@@ -130,6 +132,13 @@ if [ -n "$SERVER_CMD_OVERRIDE" ]; then
 else
   SRV_ARGS=(serve --listen 127.0.0.1:0 --echo --max-message-bytes 16777216 --max-frame-bytes 16777216)
   [ -n "$IO_MODE" ] && SRV_ARGS+=(--io "$IO_MODE")
+  # the admin listener has a fixed default port; keep parallel runs from colliding on it
+  if "$BIN" serve --help 2>&1 | grep -Eq -- '--admin-listen([^-[:alnum:]_]|$)'; then
+    SRV_ARGS+=(--admin-listen 127.0.0.1:0)
+  fi
+  # extra server flags, e.g. RINGCAST_CONFORMANCE_SERVER_ARGS="--shards 1" (word-split)
+  # shellcheck disable=SC2206
+  [ -n "${RINGCAST_CONFORMANCE_SERVER_ARGS:-}" ] && SRV_ARGS+=(${RINGCAST_CONFORMANCE_SERVER_ARGS})
   SERVER_DESC="$BIN ${SRV_ARGS[*]}"
   "$BIN" "${SRV_ARGS[@]}" > "$SRV_OUT" 2> "$SRV_ERR" &
   SRV_PID=$!
