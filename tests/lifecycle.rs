@@ -25,8 +25,10 @@ async fn stdout_carries_exactly_one_line_the_listening_line() {
         let mut conn = server.upgraded().await;
         conn.send(&final_frame(OP_TEXT, b"hi")).await;
         assert_eq!(conn.read_message().await, (OP_TEXT, b"hi".to_vec()));
+        conn.send(&close_frame(1000, b"")).await;
+        conn.expect_close_reply(1000).await;
         server.signal("TERM").await;
-        server.wait_exit(Duration::from_secs(10)).await;
+        server.wait_exit(Duration::from_secs(20)).await;
         // Let the stdout reader see EOF.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let expected = format!("{LISTENING_PREFIX}{}", server.addr);
@@ -97,7 +99,9 @@ async fn sigterm_with_open_connections_still_exits_0() {
             c
         };
         server.signal("TERM").await;
-        let status = server.wait_exit(Duration::from_secs(10)).await;
+        // The contract sets no drain time; 20 s leaves room for a 10 s drain of the
+        // connections above (the WebSocket client never answers a close).
+        let status = server.wait_exit(Duration::from_secs(20)).await;
         assert_eq!(
             status.code(),
             Some(0),

@@ -191,7 +191,7 @@ async fn echo_returns_text_as_text_at_every_length_encoding_boundary() {
                     assert_eq!(got.len(), size, "echoed text length for {size} bytes");
                     assert!(got.as_str() == text, "echoed text differs for {size} bytes");
                 }
-                other => panic!("{size}-byte text came back as {:?}", kind(&other)),
+                other => panic!("{size}-byte text came back as {}", kind(&other)),
             }
         }
         ws.close(None).await.expect("close");
@@ -215,7 +215,7 @@ async fn echo_returns_binary_as_binary_at_every_length_encoding_boundary() {
                         "echoed binary differs for {size} bytes"
                     );
                 }
-                other => panic!("{size}-byte binary came back as {:?}", kind(&other)),
+                other => panic!("{size}-byte binary came back as {}", kind(&other)),
             }
         }
         ws.close(None).await.expect("close");
@@ -281,14 +281,15 @@ async fn client_close_1000_is_echoed_by_the_server() {
     .await
 }
 
-fn kind(msg: &Message) -> &'static str {
+/// A short description of a message: its kind and length, or a close frame in full.
+fn kind(msg: &Message) -> String {
     match msg {
-        Message::Text(_) => "text",
-        Message::Binary(_) => "binary",
-        Message::Ping(_) => "ping",
-        Message::Pong(_) => "pong",
-        Message::Close(_) => "close",
-        Message::Frame(_) => "frame",
+        Message::Text(t) => format!("text of {} bytes", t.len()),
+        Message::Binary(b) => format!("binary of {} bytes", b.len()),
+        Message::Ping(p) => format!("ping of {} bytes", p.len()),
+        Message::Pong(p) => format!("pong of {} bytes", p.len()),
+        Message::Close(c) => format!("close {c:?}"),
+        Message::Frame(_) => "raw frame".to_string(),
     }
 }
 
