@@ -1,9 +1,16 @@
 #!/usr/bin/env python3
 """Regenerate the committed fuzz seeds: fuzz/seeds/<target>/<name> (raw bytes).
 
-frame_decoder: client-to-server wire bytes (masked frames, RFC 6455 section 5).
-handshake:     HTTP/1.1 upgrade requests (RFC 6455 section 4.1).
-http_request:  HTTP/1.1 request heads (+ body) for the HTTP API.
+Each file is what the fuzz target gets: a few leading bytes that the crate's entry point
+turns into limits (see the `fuzz_*` functions in src/proto/), then the bytes on the wire.
+
+frame_decoder (proto::decoder::fuzz_decoder): [limit byte, split seed] + client-to-server
+    wire bytes (masked frames, RFC 6455 section 5). Limit byte 0xEF: frames up to 241
+    bytes, messages up to 449 bytes, 5 fragments.
+handshake (proto::handshake::fuzz_handshake) and http_request (proto::http::fuzz_http_request):
+    [head byte, header-count byte, body byte] + HTTP/1.1 bytes. 0xFF 0x20 0x10: heads up to
+    1036 bytes, 32 headers, bodies up to 256 bytes.
+If an entry point changes how it reads its input, change the prefixes here and rerun.
 """
 import os
 import struct
@@ -35,12 +42,18 @@ def post(target, body, headers=b""):
             + b"Content-Length: %d\r\n\r\n" % len(body) + body)
 
 
+FRAME_PREFIX = bytes([0xEF, 0x5A])          # roomy limits, some split seed
+FRAME_TIGHT = bytes([0x10, 0x03])           # frames <= 1 byte, messages <= 33, 2 fragments
+HTTP_PREFIX = bytes([0xFF, 0x20, 0x10])     # 1036-byte heads, 32 headers, 256-byte bodies
+HTTP_TIGHT = bytes([0x08, 0x03, 0x00])      # 48-byte heads, 3 headers, no body
+
+
 SEEDS = {
     "frame_decoder": {
         # RFC 6455 5.7: a single-frame masked text message "Hello"
         "text_masked_hello": frame(0x1, b"Hello"),
         "text_utf8": frame(0x1, "κόσμε €".encode()),
-        "binary_126": frame(0x2, bytes(range(256)) + b"\x00" * 44),  # 16-bit length
+        "binary_126": frame(0x2, bytes(range(130))),                  # 16-bit length
         # 64-bit length (65536), only the first 64 payload bytes: a partial frame
         "binary_64bit_partial": frame(0x2, b"\xab" * 65536)[: 2 + 8 + 4 + 64],
         # a fragmented text message: "Hel" + "lo", with a ping in between
@@ -53,6 +66,7 @@ SEEDS = {
         "close_1001": close(1001),
         "text_then_close": frame(0x1, b"last words") + close(1000),
         "empty_text": frame(0x1, b""),
+        "tight_limits_text": FRAME_TIGHT + frame(0x1, b"too long for the limits"),
     },
     "handshake": {
         # RFC 6455 1.3 / 4.1 example request
@@ -77,6 +91,8 @@ SEEDS = {
         b"Accept: */*\r\n\r\n",
         "get_health": b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
         "post_small": post(b"/echo", b"hello"),
+        "pipelined": b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n" + post(b"/b", b"{}"),
+        "tight_limits": HTTP_TIGHT + b"GET /health HTTP/1.1\r\nHost: localhost\r\nA: 1\r\nB: 2\r\n\r\n",
     },
 }
 
@@ -84,7 +100,10 @@ if __name__ == "__main__":
     for target, seeds in SEEDS.items():
         d = os.path.join(HERE, target)
         os.makedirs(d, exist_ok=True)
+        prefix = FRAME_PREFIX if target == "frame_decoder" else HTTP_PREFIX
         for name, data in seeds.items():
+            if not name.startswith("tight_limits"):
+                data = prefix + data
             with open(os.path.join(d, name), "wb") as f:
                 f.write(data)
         print("%s: %d seeds" % (target, len(seeds)))
