@@ -498,3 +498,509 @@ pub(crate) fn check_response(out: &[u8]) {
         .expect("a written response has a Content-Length");
     assert_eq!(out.len() - head_len, content_length as usize);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMALL_LIMITS: HttpLimits = HttpLimits {
+        header_bytes_max: 256,
+        header_count_max: 4,
+        body_bytes_max: 100,
+    };
+
+    /// Feeds `input` one prefix at a time and returns the length of the first prefix that gets
+    /// an answer, after asserting that every longer prefix gives the same answer.
+    fn first_answer_split(input: &[u8], limits: &HttpLimits) -> Option<usize> {
+        check_splits(input, limits);
+        (0..=input.len()).find(|&split| {
+            let mut headers = [httparse::EMPTY_HEADER; HEADER_COUNT_CEILING];
+            !matches!(parse_head(&input[..split], &mut headers, limits), Ok(None))
+        })
+    }
+
+    /// Parses the whole of `input` and runs `check` on the answer, after checking every split:
+    /// a complete head is answered exactly when its last byte arrives.
+    fn parse_all_splits(
+        input: &[u8],
+        limits: &HttpLimits,
+        check: impl FnOnce(Result<Option<RequestHead<'_, '_>>, HttpError>),
+    ) {
+        let answer_split = first_answer_split(input, limits);
+        let mut headers = [httparse::EMPTY_HEADER; HEADER_COUNT_CEILING];
+        let answer = parse_head(input, &mut headers, limits);
+        if let Ok(Some(head)) = &answer {
+            assert_eq!(
+                answer_split,
+                Some(head.head_len),
+                "answered before the head ended"
+            );
+        }
+        check(answer);
+    }
+
+    /// A request of exactly `len` bytes, padded with one `X-Pad` header.
+    fn request_of_len(len: usize) -> Vec<u8> {
+        let mut request = b"GET / HTTP/1.1\r\nHost: a\r\nX-Pad: ".to_vec();
+        let pad = len - request.len() - 4;
+        request.extend(std::iter::repeat_n(b'p', pad));
+        request.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(request.len(), len);
+        request
+    }
+
+    #[test]
+    fn rejected_heads_map_to_their_status_at_every_split() {
+        let cases: &[(&str, &[u8], HttpError, u16)] = &[
+            (
+                "garbage",
+                b"\x00\x01 nonsense\r\n\r\n",
+                HttpError::Malformed,
+                400,
+            ),
+            (
+                "space in header name",
+                b"GET / HTTP/1.1\r\nHo st: a\r\n\r\n",
+                HttpError::Malformed,
+                400,
+            ),
+            (
+                "lowercase version",
+                b"GET / http/1.1\r\n\r\n",
+                HttpError::Malformed,
+                400,
+            ),
+            (
+                "http/2 version",
+                b"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+                HttpError::UnsupportedVersion,
+                505,
+            ),
+            (
+                "http/2 preface",
+                b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+                HttpError::UnsupportedVersion,
+                505,
+            ),
+            (
+                "http/1.2",
+                b"GET / HTTP/1.2\r\n\r\n",
+                HttpError::UnsupportedVersion,
+                505,
+            ),
+            (
+                "chunked",
+                b"POST /p HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+                HttpError::ChunkedBodyUnsupported,
+                411,
+            ),
+            (
+                "transfer-encoding with content-length",
+                b"POST /p HTTP/1.1\r\nContent-Length: 3\r\ntransfer-encoding: gzip\r\n\r\n",
+                HttpError::ChunkedBodyUnsupported,
+                411,
+            ),
+            (
+                "body over the limit",
+                b"POST /p HTTP/1.1\r\nContent-Length: 101\r\n\r\n",
+                HttpError::BodyTooLarge { len: 101, max: 100 },
+                413,
+            ),
+            (
+                "body length overflowing usize-sized limits",
+                b"POST /p HTTP/1.1\r\nContent-Length: 18446744073709551615\r\n\r\n",
+                HttpError::BodyTooLarge {
+                    len: u64::MAX,
+                    max: 100,
+                },
+                413,
+            ),
+            (
+                "content-length overflowing u64",
+                b"POST /p HTTP/1.1\r\nContent-Length: 18446744073709551616\r\n\r\n",
+                HttpError::InvalidContentLength,
+                400,
+            ),
+            (
+                "non-numeric content-length",
+                b"POST /p HTTP/1.1\r\nContent-Length: ten\r\n\r\n",
+                HttpError::InvalidContentLength,
+                400,
+            ),
+            (
+                "signed content-length",
+                b"POST /p HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
+                HttpError::InvalidContentLength,
+                400,
+            ),
+            (
+                "empty content-length",
+                b"POST /p HTTP/1.1\r\nContent-Length: \r\n\r\n",
+                HttpError::InvalidContentLength,
+                400,
+            ),
+            (
+                "duplicate differing content-length",
+                b"POST /p HTTP/1.1\r\nContent-Length: 5\r\ncontent-length: 6\r\n\r\n",
+                HttpError::InvalidContentLength,
+                400,
+            ),
+            (
+                "differing content-length list",
+                b"POST /p HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n",
+                HttpError::InvalidContentLength,
+                400,
+            ),
+            (
+                "five headers over a limit of four",
+                b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\n\r\n",
+                HttpError::TooManyHeaders { max: 4 },
+                431,
+            ),
+        ];
+        for (name, request, expected, status) in cases {
+            parse_all_splits(request, &SMALL_LIMITS, |answer| {
+                assert_eq!(answer, Err(expected.clone()), "{name}");
+            });
+            assert_eq!(expected.status(), *status, "{name}");
+        }
+    }
+
+    #[test]
+    fn accepted_heads_parse_the_same_at_every_split() {
+        let cases: &[(&[u8], &str, &str, Option<&str>, u8, usize, bool)] = &[
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+                "GET",
+                "/",
+                None,
+                1,
+                0,
+                true,
+            ),
+            (
+                b"GET /a?b=c?d HTTP/1.1\r\n\r\n",
+                "GET",
+                "/a",
+                Some("b=c?d"),
+                1,
+                0,
+                true,
+            ),
+            (
+                b"GET /a? HTTP/1.1\r\n\r\n",
+                "GET",
+                "/a",
+                Some(""),
+                1,
+                0,
+                true,
+            ),
+            (
+                b"POST /p HTTP/1.1\r\nContent-Length: 100\r\n\r\n",
+                "POST",
+                "/p",
+                None,
+                1,
+                100,
+                true,
+            ),
+            (
+                b"POST /p HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+                "POST",
+                "/p",
+                None,
+                1,
+                5,
+                true,
+            ),
+            (
+                b"POST /p HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n",
+                "POST",
+                "/p",
+                None,
+                1,
+                5,
+                true,
+            ),
+            (
+                b"POST /p HTTP/1.1\r\nContent-Length: 007\r\n\r\n",
+                "POST",
+                "/p",
+                None,
+                1,
+                7,
+                true,
+            ),
+            (
+                b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+                "GET",
+                "/",
+                None,
+                1,
+                0,
+                false,
+            ),
+            (
+                b"GET / HTTP/1.1\r\nConnection: Upgrade, CLOSE\r\n\r\n",
+                "GET",
+                "/",
+                None,
+                1,
+                0,
+                false,
+            ),
+            (b"GET / HTTP/1.0\r\n\r\n", "GET", "/", None, 0, 0, false),
+            (
+                b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n",
+                "GET",
+                "/",
+                None,
+                0,
+                0,
+                true,
+            ),
+            (
+                b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n",
+                "GET",
+                "/",
+                None,
+                0,
+                0,
+                false,
+            ),
+            (b"\r\nGET / HTTP/1.1\r\n\r\n", "GET", "/", None, 1, 0, true),
+            (b"GET / HTTP/1.1\nHost: a\n\n", "GET", "/", None, 1, 0, true),
+            (
+                b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\n\r\n",
+                "GET",
+                "/",
+                None,
+                1,
+                0,
+                true,
+            ),
+        ];
+        for &(request, method, path, query, minor_version, content_length, keep_alive) in cases {
+            parse_all_splits(request, &SMALL_LIMITS, |answer| {
+                let head = answer.expect("accepted").expect("complete");
+                let name = String::from_utf8_lossy(request);
+                assert_eq!(head.method, method, "{name}");
+                assert_eq!(head.path, path, "{name}");
+                assert_eq!(head.query, query, "{name}");
+                assert_eq!(head.minor_version, minor_version, "{name}");
+                assert_eq!(head.head_len, request.len(), "{name}");
+                assert_eq!(head.content_length, content_length, "{name}");
+                assert_eq!(head.keep_alive, keep_alive, "{name}");
+            });
+        }
+    }
+
+    #[test]
+    fn head_exactly_at_header_bytes_max_is_accepted() {
+        let request = request_of_len(SMALL_LIMITS.header_bytes_max);
+        parse_all_splits(&request, &SMALL_LIMITS, |answer| {
+            assert_eq!(
+                answer.unwrap().unwrap().head_len,
+                SMALL_LIMITS.header_bytes_max
+            );
+        });
+    }
+
+    #[test]
+    fn head_one_byte_past_header_bytes_max_is_431() {
+        let request = request_of_len(SMALL_LIMITS.header_bytes_max + 1);
+        let expected = HttpError::HeadTooLarge {
+            max: SMALL_LIMITS.header_bytes_max,
+        };
+        parse_all_splits(&request, &SMALL_LIMITS, |answer| {
+            assert_eq!(answer, Err(expected.clone()));
+        });
+        assert_eq!(expected.status(), 431);
+        // The refusal comes as soon as one byte past the limit arrives, not at the head's end.
+        assert_eq!(
+            first_answer_split(&request, &SMALL_LIMITS),
+            Some(SMALL_LIMITS.header_bytes_max + 1)
+        );
+    }
+
+    #[test]
+    fn default_limits_accept_8192_byte_head_and_refuse_8193() {
+        let limits = HttpLimits::default();
+        let mut headers = [httparse::EMPTY_HEADER; HEADER_COUNT_CEILING];
+        let at_max = request_of_len(8192);
+        assert_eq!(
+            parse_head(&at_max, &mut headers, &limits)
+                .unwrap()
+                .unwrap()
+                .head_len,
+            8192
+        );
+        let past_max = request_of_len(8193);
+        assert_eq!(
+            parse_head(&past_max, &mut headers, &limits),
+            Err(HttpError::HeadTooLarge { max: 8192 })
+        );
+    }
+
+    #[test]
+    fn unfinished_head_longer_than_max_is_431() {
+        let mut headers = [httparse::EMPTY_HEADER; HEADER_COUNT_CEILING];
+        let mut request = b"GET /".to_vec();
+        request.resize(SMALL_LIMITS.header_bytes_max, b'a');
+        assert_eq!(parse_head(&request, &mut headers, &SMALL_LIMITS), Ok(None));
+        request.push(b'a');
+        assert_eq!(
+            parse_head(&request, &mut headers, &SMALL_LIMITS),
+            Err(HttpError::HeadTooLarge { max: 256 })
+        );
+    }
+
+    #[test]
+    fn default_header_count_max_of_64_is_inclusive() {
+        let limits = HttpLimits::default();
+        let request_with = |count: usize| {
+            let mut request = b"GET / HTTP/1.1\r\n".to_vec();
+            for index in 0..count {
+                request.extend_from_slice(format!("X-H{index}: v\r\n").as_bytes());
+            }
+            request.extend_from_slice(b"\r\n");
+            request
+        };
+        let mut headers = [httparse::EMPTY_HEADER; HEADER_COUNT_CEILING];
+        let at_max = request_with(64);
+        assert_eq!(
+            parse_head(&at_max, &mut headers, &limits)
+                .unwrap()
+                .unwrap()
+                .headers
+                .len(),
+            64
+        );
+        let past_max = request_with(65);
+        let err = parse_head(&past_max, &mut headers, &limits).unwrap_err();
+        assert_eq!(err, HttpError::TooManyHeaders { max: 64 });
+        assert_eq!(err.status(), 431);
+    }
+
+    #[test]
+    fn two_pipelined_requests_parse_one_after_the_other() {
+        let buf = b"POST /publish HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
+                    GET /health HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut headers = [httparse::EMPTY_HEADER; HEADER_COUNT_CEILING];
+        let first = parse_head(buf, &mut headers, &SMALL_LIMITS)
+            .unwrap()
+            .unwrap();
+        assert_eq!((first.method, first.path), ("POST", "/publish"));
+        let body_start = first.head_len;
+        let next_start = first.head_len + first.content_length;
+        assert_eq!(&buf[body_start..next_start], b"hello");
+
+        let mut headers = [httparse::EMPTY_HEADER; HEADER_COUNT_CEILING];
+        let second = parse_head(&buf[next_start..], &mut headers, &SMALL_LIMITS)
+            .unwrap()
+            .unwrap();
+        assert_eq!((second.method, second.path), ("GET", "/health"));
+        assert_eq!(next_start + second.head_len, buf.len());
+    }
+
+    #[test]
+    fn bytes_after_the_head_are_not_counted_in_head_len() {
+        let head = b"GET /ws HTTP/1.1\r\nHost: a\r\n\r\n";
+        let mut buf = head.to_vec();
+        // A masked text frame "Hi" sent in the same read as the upgrade request.
+        buf.extend_from_slice(&[0x81, 0x82, 0x01, 0x02, 0x03, 0x04, b'H' ^ 1, b'i' ^ 2]);
+        let mut headers = [httparse::EMPTY_HEADER; HEADER_COUNT_CEILING];
+        let parsed = parse_head(&buf, &mut headers, &SMALL_LIMITS)
+            .unwrap()
+            .unwrap();
+        assert_eq!(parsed.head_len, head.len());
+        assert_eq!(parsed.content_length, 0);
+    }
+
+    #[test]
+    fn header_lookup_is_case_insensitive_and_takes_the_first_match() {
+        let buf = b"GET / HTTP/1.1\r\nX-Tag: one\r\nx-tag: two\r\nConnection: keep-alive\r\n\
+                    CONNECTION: Upgrade\r\n\r\n";
+        let mut headers = [httparse::EMPTY_HEADER; HEADER_COUNT_CEILING];
+        let head = parse_head(buf, &mut headers, &SMALL_LIMITS)
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.header("X-TAG"), Some(&b"one"[..]));
+        assert_eq!(head.header("missing"), None);
+        assert_eq!(head.header_count("x-tag"), 2);
+        // Tokens are searched across repeated fields, trimmed and case-insensitive.
+        assert!(head.header_has_token("connection", "upgrade"));
+        assert!(head.header_has_token("Connection", "KEEP-ALIVE"));
+        assert!(!head.header_has_token("connection", "close"));
+        assert!(!head.header_has_token("x-tag", "on"));
+    }
+
+    #[test]
+    fn write_response_output_is_byte_exact() {
+        let mut out = Vec::new();
+        write_response(
+            404,
+            &[("Content-Type", "text/plain")],
+            b"not found\n",
+            true,
+            &mut out,
+        );
+        assert_eq!(
+            out,
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 10\r\nConnection: keep-alive\r\n\
+              Content-Type: text/plain\r\n\r\nnot found\n"
+        );
+        out.clear();
+        write_response(599, &[], b"", false, &mut out);
+        assert_eq!(
+            out,
+            b"HTTP/1.1 599 \r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn every_error_status_has_a_reason_phrase() {
+        let errors = [
+            HttpError::HeadTooLarge { max: 1 },
+            HttpError::TooManyHeaders { max: 1 },
+            HttpError::Malformed,
+            HttpError::UnsupportedVersion,
+            HttpError::ChunkedBodyUnsupported,
+            HttpError::InvalidContentLength,
+            HttpError::BodyTooLarge { len: 2, max: 1 },
+        ];
+        for err in errors {
+            assert!(!reason_phrase(err.status()).is_empty(), "{err:?}");
+        }
+        assert_eq!(reason_phrase(431), "Request Header Fields Too Large");
+    }
+
+    #[test]
+    fn fuzz_entry_point_survives_mutated_requests() {
+        let seeds: &[&[u8]] = &[
+            b"POST /publish HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.0\r\n\r\n",
+            b"GET /a?b HTTP/1.1\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/2.0\r\n\r\n",
+        ];
+        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut next = move || {
+            // xorshift64: deterministic, no dependency.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for seed in seeds {
+            for round in 0..40 {
+                let mut data = vec![(next() % 64) as u8, (next() % 8) as u8, 1];
+                data.extend_from_slice(seed);
+                for _ in 0..round % 4 {
+                    let index = (next() as usize) % data.len();
+                    data[index] = next() as u8;
+                }
+                fuzz_http_request(&data);
+            }
+        }
+    }
+}
