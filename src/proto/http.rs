@@ -850,6 +850,7 @@ mod tests {
         request.resize(SMALL_LIMITS.header_bytes_max, b'a');
         assert_eq!(parse_head(&request, &mut headers, &SMALL_LIMITS), Ok(None));
         request.push(b'a');
+        let mut headers = [httparse::EMPTY_HEADER; HEADER_COUNT_CEILING];
         assert_eq!(
             parse_head(&request, &mut headers, &SMALL_LIMITS),
             Err(HttpError::HeadTooLarge { max: 256 })
