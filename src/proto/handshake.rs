@@ -254,3 +254,362 @@ fn reject_body(err: &HandshakeError) -> &'static str {
         HandshakeError::UnsupportedVersion => "unsupported WebSocket version, use 13\n",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::http::{self, HEADER_COUNT_CEILING, HttpLimits, parse_head};
+
+    /// RFC 6455 §1.3: the sample key and the accept value it must produce.
+    const RFC_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+    const RFC_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+    /// A request line and headers, each header given as one `Name: value` line.
+    fn request(request_line: &str, headers: &[&str]) -> Vec<u8> {
+        let mut out = format!("{request_line}\r\n").into_bytes();
+        for header in headers {
+            out.extend_from_slice(header.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+
+    /// The headers of a valid upgrade, with any header whose name starts with one of `without`
+    /// left out, and `extra` appended.
+    fn upgrade_headers<'a>(without: &[&str], extra: &[&'a str]) -> Vec<&'a str> {
+        let base = [
+            "Host: example.com",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            "Sec-WebSocket-Version: 13",
+        ];
+        base.into_iter()
+            .filter(|line| !without.iter().any(|name| line.starts_with(name)))
+            .chain(extra.iter().copied())
+            .collect()
+    }
+
+    /// Validates `request` after feeding it at every split: every prefix is `Ok(None)` until the
+    /// last byte, and the whole request parses.
+    fn validate_all_splits(request: &[u8]) -> Result<Accept, HandshakeError> {
+        let limits = HttpLimits::default();
+        http::check_splits(request, &limits);
+        for split in 0..request.len() {
+            let mut headers = [httparse::EMPTY_HEADER; HEADER_COUNT_CEILING];
+            let partial = parse_head(&request[..split], &mut headers, &limits);
+            assert_eq!(partial, Ok(None), "split {split}");
+        }
+        let mut headers = [httparse::EMPTY_HEADER; HEADER_COUNT_CEILING];
+        let head = parse_head(request, &mut headers, &limits)
+            .expect("a well-formed head")
+            .expect("a complete head");
+        assert_eq!(head.head_len, request.len());
+        validate(&head)
+    }
+
+    fn reject_response(err: &HandshakeError) -> String {
+        let mut out = Vec::new();
+        write_reject(err, &mut out);
+        http::check_response(&out);
+        String::from_utf8(out).expect("a reject is ASCII")
+    }
+
+    #[test]
+    fn rfc_6455_sample_key_gives_the_sample_accept() {
+        assert_eq!(&accept_key(RFC_KEY.as_bytes()), RFC_ACCEPT.as_bytes());
+    }
+
+    #[test]
+    fn valid_upgrades_are_accepted_at_every_split() {
+        let cases: &[(&str, Vec<&str>)] = &[
+            ("minimal", upgrade_headers(&[], &[])),
+            (
+                "lowercase names and mixed-case tokens",
+                vec![
+                    "host: example.com",
+                    "UPGRADE: WebSocket",
+                    "connection: UPGRADE",
+                    "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==",
+                    "SEC-WEBSOCKET-VERSION: 13",
+                ],
+            ),
+            (
+                "connection list",
+                upgrade_headers(&["Connection"], &["Connection: keep-alive, Upgrade"]),
+            ),
+            (
+                "connection split over two fields",
+                upgrade_headers(
+                    &["Connection"],
+                    &["Connection: keep-alive", "Connection: upgrade"],
+                ),
+            ),
+            (
+                "upgrade list",
+                upgrade_headers(&["Upgrade"], &["Upgrade: foo/2, websocket"]),
+            ),
+            (
+                "subprotocol and extensions offered but not negotiated",
+                upgrade_headers(
+                    &[],
+                    &[
+                        "Sec-WebSocket-Protocol: chat",
+                        "Sec-WebSocket-Extensions: permessage-deflate",
+                    ],
+                ),
+            ),
+        ];
+        for (name, headers) in cases {
+            let bytes = request("GET /chat?x=1 HTTP/1.1", headers);
+            let accept = validate_all_splits(&bytes).unwrap_or_else(|err| panic!("{name}: {err}"));
+            assert_eq!(&accept.accept, RFC_ACCEPT.as_bytes(), "{name}");
+        }
+    }
+
+    #[test]
+    fn invalid_upgrades_are_rejected_with_status_and_header_at_every_split() {
+        use HandshakeError::*;
+        let get = "GET /chat HTTP/1.1";
+        // (name, request, error, status, the header line the status requires)
+        type Case<'a> = (&'a str, Vec<u8>, HandshakeError, u16, Option<&'a str>);
+        let cases: &[Case<'_>] = &[
+            (
+                "post",
+                request("POST /chat HTTP/1.1", &upgrade_headers(&[], &[])),
+                MethodNotGet,
+                405,
+                Some("Allow: GET"),
+            ),
+            (
+                "lowercase method",
+                request("get /chat HTTP/1.1", &upgrade_headers(&[], &[])),
+                MethodNotGet,
+                405,
+                Some("Allow: GET"),
+            ),
+            (
+                "http/1.0",
+                request("GET /chat HTTP/1.0", &upgrade_headers(&[], &[])),
+                VersionNotHttp11,
+                400,
+                None,
+            ),
+            (
+                "no host",
+                request(get, &upgrade_headers(&["Host"], &[])),
+                MissingHost,
+                400,
+                None,
+            ),
+            (
+                "plain get",
+                request(get, &["Host: example.com"]),
+                MissingUpgradeWebsocket,
+                426,
+                Some("Upgrade: websocket"),
+            ),
+            (
+                "upgrade to another protocol",
+                request(get, &upgrade_headers(&["Upgrade"], &["Upgrade: h2c"])),
+                MissingUpgradeWebsocket,
+                426,
+                Some("Upgrade: websocket"),
+            ),
+            (
+                "no connection",
+                request(get, &upgrade_headers(&["Connection"], &[])),
+                MissingConnectionUpgrade,
+                400,
+                None,
+            ),
+            (
+                "connection keep-alive only",
+                request(
+                    get,
+                    &upgrade_headers(&["Connection"], &["Connection: keep-alive"]),
+                ),
+                MissingConnectionUpgrade,
+                400,
+                None,
+            ),
+            (
+                "version 8",
+                request(
+                    get,
+                    &upgrade_headers(&["Sec-WebSocket-Version"], &["Sec-WebSocket-Version: 8"]),
+                ),
+                UnsupportedVersion,
+                426,
+                Some("Sec-WebSocket-Version: 13"),
+            ),
+            (
+                "no version",
+                request(get, &upgrade_headers(&["Sec-WebSocket-Version"], &[])),
+                UnsupportedVersion,
+                426,
+                Some("Sec-WebSocket-Version: 13"),
+            ),
+            (
+                "repeated version",
+                request(get, &upgrade_headers(&[], &["Sec-WebSocket-Version: 13"])),
+                UnsupportedVersion,
+                426,
+                Some("Sec-WebSocket-Version: 13"),
+            ),
+            (
+                "version checked before key",
+                request(get, &upgrade_headers(&["Sec-WebSocket-"], &[])),
+                UnsupportedVersion,
+                426,
+                Some("Sec-WebSocket-Version: 13"),
+            ),
+            (
+                "no key",
+                request(get, &upgrade_headers(&["Sec-WebSocket-Key"], &[])),
+                InvalidKey,
+                400,
+                None,
+            ),
+            (
+                "key of 15 bytes",
+                request(
+                    get,
+                    &upgrade_headers(
+                        &["Sec-WebSocket-Key"],
+                        &["Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAA"],
+                    ),
+                ),
+                InvalidKey,
+                400,
+                None,
+            ),
+            (
+                "key of 17 bytes",
+                request(
+                    get,
+                    &upgrade_headers(
+                        &["Sec-WebSocket-Key"],
+                        &["Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAAA="],
+                    ),
+                ),
+                InvalidKey,
+                400,
+                None,
+            ),
+            (
+                "key not base64",
+                request(
+                    get,
+                    &upgrade_headers(
+                        &["Sec-WebSocket-Key"],
+                        &["Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ!!"],
+                    ),
+                ),
+                InvalidKey,
+                400,
+                None,
+            ),
+            (
+                "repeated key",
+                request(
+                    get,
+                    &upgrade_headers(&[], &["Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA=="]),
+                ),
+                InvalidKey,
+                400,
+                None,
+            ),
+        ];
+        for (name, bytes, expected, status, extra_header) in cases {
+            assert_eq!(validate_all_splits(bytes), Err(expected.clone()), "{name}");
+            assert_eq!(expected.status(), *status, "{name}");
+            let response = reject_response(expected);
+            let status_line = format!("HTTP/1.1 {status} {}\r\n", http::reason_phrase(*status));
+            assert!(response.starts_with(&status_line), "{name}: {response}");
+            if let Some(extra_header) = extra_header {
+                assert!(
+                    response.contains(&format!("\r\n{extra_header}\r\n")),
+                    "{name}"
+                );
+            }
+            assert!(response.contains("\r\nConnection: "), "{name}");
+            assert!(response.contains("close\r\n"), "{name}");
+        }
+    }
+
+    #[test]
+    fn keys_of_24_characters_are_valid_only_when_decoding_to_16_bytes() {
+        assert!(is_valid_key(RFC_KEY.as_bytes()));
+        // 17 bytes encode to 24 characters ending in a single `=`, 18 bytes to 24 without one.
+        assert!(!is_valid_key(b"AAAAAAAAAAAAAAAAAAAAAAA="));
+        assert!(!is_valid_key(b"AAAAAAAAAAAAAAAAAAAAAAAA"));
+        // Non-canonical padding bits are refused rather than silently dropped.
+        assert!(!is_valid_key(b"dGhlIHNhbXBsZSBub25jZR=="));
+    }
+
+    #[test]
+    fn frame_in_the_same_read_is_left_after_head_len() {
+        let mut bytes = request("GET /chat HTTP/1.1", &upgrade_headers(&[], &[]));
+        let head_bytes = bytes.len();
+        bytes.extend_from_slice(&[0x81, 0x80, 0x11, 0x22, 0x33, 0x44]);
+        let mut headers = [httparse::EMPTY_HEADER; HEADER_COUNT_CEILING];
+        let head = parse_head(&bytes, &mut headers, &HttpLimits::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.head_len, head_bytes);
+        assert!(validate(&head).is_ok());
+    }
+
+    #[test]
+    fn write_accept_output_is_byte_exact() {
+        let accept = Accept {
+            accept: accept_key(RFC_KEY.as_bytes()),
+        };
+        let mut out = Vec::new();
+        write_accept(&accept, &mut out);
+        assert_eq!(
+            out,
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn unsupported_version_reject_is_byte_exact() {
+        let body = "unsupported WebSocket version, use 13\n";
+        let expected = format!(
+            "HTTP/1.1 426 Upgrade Required\r\nContent-Length: {}\r\nConnection: upgrade, close\r\n\
+             Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+             Content-Type: text/plain; charset=utf-8\r\n\r\n{body}",
+            body.len()
+        );
+        assert_eq!(
+            reject_response(&HandshakeError::UnsupportedVersion),
+            expected
+        );
+    }
+
+    #[test]
+    fn fuzz_entry_point_survives_mutated_upgrades() {
+        let seed = request("GET /chat HTTP/1.1", &upgrade_headers(&[], &[]));
+        let mut state = 0x2545_F491_4F6C_DD1D_u64;
+        let mut next = move || {
+            // xorshift64: deterministic, no dependency.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..60 {
+            let mut data = vec![(next() % 64) as u8 + 16, (next() % 12) as u8, 0];
+            data.extend_from_slice(&seed);
+            for _ in 0..round % 3 {
+                let index = 3 + (next() as usize) % seed.len();
+                data[index] = next() as u8;
+            }
+            fuzz_handshake(&data);
+        }
+    }
+}

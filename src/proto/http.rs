@@ -668,7 +668,9 @@ mod tests {
 
     #[test]
     fn accepted_heads_parse_the_same_at_every_split() {
-        let cases: &[(&[u8], &str, &str, Option<&str>, u8, usize, bool)] = &[
+        // (request, method, path, query, minor_version, content_length, keep_alive)
+        type Case<'a> = (&'a [u8], &'a str, &'a str, Option<&'a str>, u8, usize, bool);
+        let cases: &[Case<'_>] = &[
             (
                 b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
                 "GET",
