@@ -7,7 +7,9 @@
 //! - [`driver`]: per-shard I/O (io_uring). Moves bytes, nothing else. `unsafe` allowed.
 //! - [`shard`]: the thread-per-core loop: connections, timers, HTTP routes, WebSocket state.
 //! - [`server`]: listeners, shard threads, signals.
+//! - [`admin`]: the admin listener (`/stats`, `/ready`), off the public port.
 
+pub mod admin;
 #[allow(unsafe_code)]
 pub mod buf;
 pub mod config;
@@ -15,4 +17,5 @@ pub mod config;
 pub mod driver;
 pub mod proto;
 pub mod server;
+pub mod settings;
 pub mod shard;

@@ -1,15 +1,15 @@
-//! The `ringcast` command: parse flags, build the configuration, start the shards.
+//! The `ringcast` command: parse settings, start the shards and the admin listener, wait.
 
-use std::io::Write;
-use std::net::SocketAddr;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use clap::{Args, Parser, Subcommand};
-use ringcast::config::{Limits, ServerConfig};
-use ringcast::driver::IoMode;
+use clap::{Parser, Subcommand};
+use ringcast::admin::Admin;
 use ringcast::server::{Server, ServerError};
+use ringcast::settings::{self, ServeArgs};
+use ringcast::shard::Shared;
 
 /// sysexits.h: EX_USAGE, a bad flag or configuration value.
 const EXIT_USAGE: u8 = 64;
@@ -29,118 +29,72 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(ServeArgs),
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Io {
-    Auto,
-    Uring,
-    Epoll,
-}
-
-#[derive(Args)]
-struct ServeArgs {
-    /// Address and port to listen on (port 0 picks a free port).
-    #[arg(long, default_value = "127.0.0.1:6001")]
-    listen: SocketAddr,
-    /// Serve the echo endpoint at /echo (each message comes back with its opcode).
-    #[arg(long)]
-    echo: bool,
-    /// I/O driver: auto (io_uring, else epoll with a warning), uring (or exit 69), epoll.
-    #[arg(long, value_enum, default_value_t = Io::Auto)]
-    io: Io,
-    /// Number of shards (threads, each with its own listener and io_uring).
-    #[arg(long, default_value_t = 1)]
-    shards: usize,
-    /// Largest WebSocket message after reassembly, bytes (over it: close 1009).
-    #[arg(long, default_value_t = Limits::default().message_bytes_max)]
-    max_message_bytes: u64,
-    /// Largest WebSocket frame payload, bytes (over it: close 1009).
-    #[arg(long, default_value_t = Limits::default().frame_bytes_max)]
-    max_frame_bytes: u64,
-    /// Most frames in one fragmented message (over it: close 1009).
-    #[arg(long, default_value_t = Limits::default().message_fragments_max)]
-    max_message_fragments: u32,
-    /// Largest HTTP request head, bytes (over it: 431).
-    #[arg(long, default_value_t = Limits::default().header_bytes_max)]
-    max_header_bytes: usize,
-    /// Most header lines in a request (over it: 431).
-    #[arg(long, default_value_t = Limits::default().header_count_max)]
-    max_headers: usize,
-    /// Largest HTTP request body, bytes (over it: 413).
-    #[arg(long, default_value_t = Limits::default().body_bytes_max)]
-    max_body_bytes: usize,
-    /// Outbound bytes queued per connection (over it: close 1008).
-    #[arg(long, default_value_t = Limits::default().outbound_bytes_max)]
-    max_outbound_bytes: usize,
-    /// Time to receive the first complete request head, ms.
-    #[arg(long, default_value_t = Limits::default().handshake_timeout_ms)]
-    handshake_timeout_ms: u32,
-    /// Time a keep-alive HTTP connection may idle between requests, ms.
-    #[arg(long, default_value_t = Limits::default().http_idle_timeout_ms)]
-    http_idle_timeout_ms: u32,
-    /// Time to receive a request body after its head, ms.
-    #[arg(long, default_value_t = Limits::default().http_body_timeout_ms)]
-    http_body_timeout_ms: u32,
-    /// Time to wait for the peer's close frame after sending ours, ms.
-    #[arg(long, default_value_t = Limits::default().close_timeout_ms)]
-    close_timeout_ms: u32,
+    /// Print the settings table (markdown) that the README carries.
+    #[command(hide = true)]
+    SettingsTable,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RINGCAST_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(&args),
+        Command::SettingsTable => {
+            print!("{}", settings::limits_table_markdown());
+            ExitCode::SUCCESS
+        }
     }
 }
 
-fn serve(args: ServeArgs) -> ExitCode {
-    let limits = Limits {
-        message_bytes_max: args.max_message_bytes,
-        frame_bytes_max: args.max_frame_bytes,
-        message_fragments_max: args.max_message_fragments,
-        header_bytes_max: args.max_header_bytes,
-        header_count_max: args.max_headers,
-        body_bytes_max: args.max_body_bytes,
-        outbound_bytes_max: args.max_outbound_bytes,
-        handshake_timeout_ms: args.handshake_timeout_ms,
-        http_idle_timeout_ms: args.http_idle_timeout_ms,
-        http_body_timeout_ms: args.http_body_timeout_ms,
-        close_timeout_ms: args.close_timeout_ms,
-        ..Limits::default()
+fn nofile_soft() -> u64 {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(1 << 20)
+}
+
+fn serve(args: &ServeArgs) -> ExitCode {
+    let settings = match settings::resolve(args, nofile_soft()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ringcast: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
     };
-    if let Err(e) = limits.validate() {
-        eprintln!("ringcast: {e}");
-        return ExitCode::from(EXIT_USAGE);
-    }
-    if args.shards == 0 || args.shards > 1024 {
-        eprintln!("ringcast: invalid value for shards: must be between 1 and 1024");
-        return ExitCode::from(EXIT_USAGE);
-    }
-    let io = match args.io {
-        Io::Auto => IoMode::Auto,
-        Io::Uring => IoMode::Uring,
-        Io::Epoll => IoMode::Epoll,
-    };
-    let config = ServerConfig { listen: args.listen, echo: args.echo, io, limits };
+    tracing::info!("{}", settings.connection_limit_origin);
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
+        // A second signal while draining exits at once (status 1).
+        let installed = signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stop))
+            .and_then(|_| signal_hook::flag::register(signal, Arc::clone(&stop)));
+        if let Err(e) = installed {
             eprintln!("ringcast: cannot install signal handler: {e}");
             return ExitCode::from(EXIT_OSERR);
         }
     }
-    let server = match Server::start(config, args.shards, stop) {
+    let shared = Arc::new(Shared::new(stop, settings.placement.shards));
+    let admin = match Admin::start(settings.admin_listen, Arc::clone(&shared)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("ringcast: cannot listen on {} (admin): {e}", settings.admin_listen);
+            return ExitCode::from(EXIT_OSERR);
+        }
+    };
+    let server = match Server::start(settings.server.clone(), &settings.placement, shared) {
         Ok(s) => s,
         Err(e @ ServerError::IoUringUnavailable(_)) => {
-            eprintln!("ringcast: {e}");
+            eprintln!("ringcast: {e} (use --io auto or --io epoll to run on epoll)");
             return ExitCode::from(EXIT_UNAVAILABLE);
         }
         Err(e) => {
@@ -148,19 +102,27 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_OSERR);
         }
     };
+    let limits = &settings.server.limits;
     tracing::info!(
         addr = %server.local_addr,
+        admin = %admin.local_addr,
         driver = server.driver_name,
-        shards = args.shards,
+        shards = settings.placement.shards,
+        max_connections = limits.connections_max,
+        max_connections_per_shard = limits.connections_per_shard_max,
         "serving"
     );
-    // The one line tests and scripts wait for.
+    // The lines tests and scripts wait for.
     let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "ringcast: admin on {}", admin.local_addr);
     let _ = writeln!(out, "ringcast: listening on {}", server.local_addr);
     let _ = out.flush();
     drop(out);
     match server.wait() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            tracing::info!("drained, exiting");
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("ringcast: {e}");
             ExitCode::FAILURE

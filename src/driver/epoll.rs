@@ -57,7 +57,6 @@ struct Slot {
 
 enum Pending {
     Sent { key: ConnKey, result: io::Result<usize>, bufs: Vec<Bytes> },
-    RecvStopped { key: ConnKey, why: RecvStop },
 }
 
 pub struct EpollDriver {
@@ -110,6 +109,11 @@ impl EpollDriver {
         self.listener = Some(listener);
         self.accept_armed = true;
         Ok(())
+    }
+
+    pub fn cancel_accept(&mut self) {
+        self.disarm_accept();
+        self.listener = None;
     }
 
     fn disarm_accept(&mut self) {
@@ -196,7 +200,7 @@ impl EpollDriver {
         handler: &mut dyn FnMut(Event<'_>),
     ) -> io::Result<()> {
         let busy = !self.pending.is_empty() || !self.again.is_empty();
-        let ts = rustix::time::Timespec {
+        let ts = rustix::event::Timespec {
             tv_sec: if busy { 0 } else { timeout.as_secs() as i64 },
             tv_nsec: if busy { 0 } else { i64::from(timeout.subsec_nanos()) },
         };
@@ -250,7 +254,6 @@ impl EpollDriver {
                 bufs.clear();
                 self.spare_bufs.push(bufs);
             }
-            Pending::RecvStopped { key, why } => handler(Event::RecvStopped { key, why }),
         }
     }
 

@@ -149,6 +149,17 @@ impl Driver {
         }
     }
 
+    /// Stops accepting (draining). The accept's last completion may still arrive.
+    pub fn cancel_accept(&mut self) -> io::Result<()> {
+        match self {
+            Driver::Uring(d) => d.cancel_accept(),
+            Driver::Epoll(d) => {
+                d.cancel_accept();
+                Ok(())
+            }
+        }
+    }
+
     /// Starts (or restarts) receiving on `fd`.
     pub fn arm_recv(&mut self, key: ConnKey, fd: RawFd) -> io::Result<()> {
         match self {

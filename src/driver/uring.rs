@@ -148,6 +148,20 @@ impl UringDriver {
         self.push(e)
     }
 
+    /// Cancels the multishot accept; its final completion reports ECANCELED.
+    pub fn cancel_accept(&mut self) -> io::Result<()> {
+        if !self.accept_armed {
+            return Ok(());
+        }
+        let e = opcode::AsyncCancel::new(user_data(KIND_ACCEPT, 0, 0))
+            .build()
+            .user_data(user_data(KIND_CANCEL, 0, 0));
+        self.push(e)?;
+        // Submit now: the listener is closed right after this returns.
+        self.ring.submit()?;
+        Ok(())
+    }
+
     /// Cancels the multishot receive of `key`; its final completion reports `Canceled`.
     pub fn cancel_recv(&mut self, key: ConnKey) -> io::Result<()> {
         let target = user_data(KIND_RECV, key.generation, key.index);

@@ -14,21 +14,26 @@ use crate::proto::decoder::Decoder;
 /// Bit flags of a connection's I/O state.
 pub mod flag {
     /// A multishot receive is in flight.
-    pub const RECV_ARMED: u8 = 1 << 0;
+    pub const RECV_ARMED: u16 = 1 << 0;
     /// A send is in flight (its buffers are owned by the driver).
-    pub const SEND_INFLIGHT: u8 = 1 << 1;
+    pub const SEND_INFLIGHT: u16 = 1 << 1;
     /// The socket has been shut down; the slot is freed once no operation is in flight.
-    pub const SHUTDOWN: u8 = 1 << 2;
+    pub const SHUTDOWN: u16 = 1 << 2;
     /// Close the socket once the outbound queue has drained.
-    pub const CLOSE_AFTER_FLUSH: u8 = 1 << 3;
+    pub const CLOSE_AFTER_FLUSH: u16 = 1 << 3;
     /// Queued on the shard's dirty list for this loop turn.
-    pub const DIRTY: u8 = 1 << 4;
+    pub const DIRTY: u16 = 1 << 4;
     /// Stop reading: input after this point is ignored (after a reject, a close, an error).
-    pub const READ_DONE: u8 = 1 << 5;
+    pub const READ_DONE: u16 = 1 << 5;
     /// The peer closed its side (a read returned 0): never re-arm the receive.
-    pub const PEER_EOF: u8 = 1 << 6;
+    pub const PEER_EOF: u16 = 1 << 6;
     /// Our write side is shut (FIN sent after the last queued byte).
-    pub const WRITE_SHUT: u8 = 1 << 7;
+    pub const WRITE_SHUT: u16 = 1 << 7;
+    /// Accepted over a connection limit only to be told so (503/429) and closed; it does not
+    /// count against the limit.
+    pub const REJECTING: u16 = 1 << 8;
+    /// The server is draining: this connection's timer sends the going-away close.
+    pub const DRAINING: u16 = 1 << 9;
 }
 
 /// HTTP/1.1 state before an upgrade (and for plain requests).
@@ -47,6 +52,8 @@ pub struct WebSocket {
     pub endpoint: Endpoint,
     pub close_sent: bool,
     pub close_received: bool,
+    /// A liveness ping was sent and no traffic has arrived since.
+    pub ping_outstanding: bool,
 }
 
 /// Inline rather than boxed: an upgraded idle connection then costs its slab record and nothing
@@ -59,7 +66,9 @@ pub enum Phase {
 pub struct Conn {
     pub fd: OwnedFd,
     pub generation: u32,
-    pub flags: u8,
+    pub flags: u16,
+    /// The last tick bytes arrived (for the idle ping).
+    pub last_activity: Tick,
     /// When this connection's timer fires (0: no timer).
     pub deadline: Tick,
     /// The tick of this connection's live wheel entry (0: none queued).
@@ -76,6 +85,7 @@ impl Conn {
             fd,
             generation,
             flags: 0,
+            last_activity: 0,
             deadline: 0,
             queued_tick: 0,
             outq_bytes: 0,
@@ -84,27 +94,16 @@ impl Conn {
         }
     }
 
-    pub fn has(&self, f: u8) -> bool {
+    pub fn has(&self, f: u16) -> bool {
         self.flags & f != 0
     }
 
-    pub fn set(&mut self, f: u8) {
+    pub fn set(&mut self, f: u16) {
         self.flags |= f;
     }
 
-    pub fn clear(&mut self, f: u8) {
+    pub fn clear(&mut self, f: u16) {
         self.flags &= !f;
-    }
-
-    /// Appends bytes to send. Returns false when the outbound limit would be passed.
-    pub fn queue(&mut self, bytes: Bytes, outbound_bytes_max: usize) -> bool {
-        let len = bytes.len();
-        if self.outq_bytes as usize + len > outbound_bytes_max {
-            return false;
-        }
-        self.outq_bytes += len as u32;
-        self.outq.push_back(bytes);
-        true
     }
 }
 

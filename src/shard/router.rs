@@ -32,9 +32,19 @@ pub struct Response {
 const TEXT: &[(&str, &str)] = &[("Content-Type", "text/plain; charset=utf-8")];
 
 /// Routes one complete request (head and body).
-pub fn route(head: &RequestHead<'_, '_>, _body: &[u8], config: &ServerConfig) -> Routed {
+/// `draining`: the server received SIGTERM and is closing connections (health turns 503 so
+/// load balancers stop sending).
+pub fn route(
+    head: &RequestHead<'_, '_>,
+    _body: &[u8],
+    config: &ServerConfig,
+    draining: bool,
+) -> Routed {
     match head.path {
         "/health" => match head.method {
+            "GET" if draining => {
+                Routed::Respond(Response { status: 503, headers: TEXT, body: b"draining" })
+            }
             "GET" => Routed::Respond(Response { status: 200, headers: TEXT, body: b"ok" }),
             _ => method_not_allowed(),
         },
