@@ -8,7 +8,7 @@
 //!
 //! Memory: the idle decoder is a small inline record (a partial header lives inline). A frame
 //! split across calls, a fragmented message, or a control frame split across calls lives out of
-//! line in one boxed [`Spill`], released at the start of the call after its message is delivered.
+//! line in one boxed `Spill`, released at the start of the call after its message is delivered.
 
 use crate::proto::close::{self, CloseFrame};
 use crate::proto::error::ProtocolError;
@@ -160,6 +160,7 @@ impl Decoder {
             };
             pos += header_bytes;
             self.check_header(&header, limits)?;
+            // `check_header` rejected unmasked frames, so the default is never used.
             let mask = header.mask.unwrap_or_default();
             let message_open = self.open_message_opcode().is_some();
             let available = input.len() - pos;

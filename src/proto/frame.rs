@@ -167,6 +167,8 @@ pub fn encode_header(
 }
 
 /// Appends a complete unmasked (server) frame with FIN set.
+///
+/// Panics on a control frame over 125 bytes, like [`encode_header`].
 pub fn encode_frame(opcode: Opcode, payload: &[u8], out: &mut Vec<u8>) {
     let mut header = [0u8; MAX_HEADER_BYTES];
     let header_len = encode_header(true, opcode, payload.len() as u64, None, &mut header);
