@@ -102,8 +102,9 @@ impl Decoder {
             Opcode::Close => match close::parse_close_payload(payload) {
                 Ok(close_frame) => Event::Close(close_frame),
                 Err(error) => {
-                    // `payload` may borrow `spill`, so poison without dropping it here; the
-                    // memory is released with the decoder.
+                    // Unreachable: `step` already parsed this body. Should it happen, poison
+                    // anyway; `payload` may borrow `spill`, so it is freed with the decoder.
+                    debug_assert!(false, "close body passed `step` but not `handle_bytes`");
                     self.error = Some(error.clone());
                     return Err(error);
                 }
@@ -180,6 +181,11 @@ impl Decoder {
                 // RFC 6455 §8.1: a text message must be valid UTF-8.
                 if header.opcode == Opcode::Text && simdutf8::basic::from_utf8(payload).is_err() {
                     return Err(ProtocolError::InvalidUtf8);
+                }
+                // RFC 6455 §5.5.1: check the close body here, so that an error poisons the
+                // decoder through one path; `handle_bytes` parses it again to build the event.
+                if header.opcode == Opcode::Close {
+                    close::parse_close_payload(payload)?;
                 }
                 let ready = Ready {
                     opcode: header.opcode,
@@ -390,6 +396,9 @@ impl Spill {
         let (fin, opcode) = (frame.fin, frame.opcode);
         self.frame = None;
         if opcode.is_control() {
+            if opcode == Opcode::Close {
+                close::parse_close_payload(&self.control)?;
+            }
             let ready = Ready {
                 opcode,
                 source: Source::Control,
@@ -910,6 +919,23 @@ mod tests {
         let mut good = masked(0x81, b"fine");
         assert_eq!(decoder.handle_bytes(&mut good, &LIMITS).err(), error);
         assert!(decoder.is_idle());
+    }
+
+    #[test]
+    fn split_close_with_invalid_reason_poisons_and_frees_the_buffer() {
+        let data = masked(0x88, b"\x03\xe8bad \xff");
+        let mut decoder = Decoder::new();
+        let mut first = data[..8].to_vec();
+        assert!(matches!(
+            decoder.handle_bytes(&mut first, &LIMITS),
+            Ok((8, None))
+        ));
+        assert!(decoder.buffered_bytes() > 0);
+        let mut rest = data[8..].to_vec();
+        let error = decoder.handle_bytes(&mut rest, &LIMITS).err();
+        assert_eq!(error, Some(ProtocolError::InvalidCloseReason));
+        assert_eq!(decoder.buffered_bytes(), 0);
+        assert_eq!(decoder.handle_bytes(&mut [], &LIMITS).err(), error);
     }
 
     #[test]
