@@ -26,21 +26,23 @@ impl Admin {
     pub fn start(addr: SocketAddr, shared: Arc<Shared>) -> io::Result<Admin> {
         let listener = TcpListener::bind(addr)?;
         let local_addr = listener.local_addr()?;
-        std::thread::Builder::new().name("ringcast-admin".into()).spawn(move || {
-            for stream in listener.incoming() {
-                match stream {
-                    Ok(s) => {
-                        if let Err(e) = serve_one(s, &shared) {
-                            tracing::debug!("admin request failed: {e}");
+        std::thread::Builder::new()
+            .name("ringcast-admin".into())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    match stream {
+                        Ok(s) => {
+                            if let Err(e) = serve_one(s, &shared) {
+                                tracing::debug!("admin request failed: {e}");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!("admin accept failed: {e}");
+                            std::thread::sleep(Duration::from_millis(100));
                         }
                     }
-                    Err(e) => {
-                        tracing::warn!("admin accept failed: {e}");
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
                 }
-            }
-        })?;
+            })?;
         Ok(Admin { local_addr })
     }
 }
@@ -50,8 +52,11 @@ fn serve_one(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
     stream.set_write_timeout(Some(ADMIN_IO_TIMEOUT))?;
     let mut buf = vec![0u8; ADMIN_HEAD_BYTES_MAX];
     let mut len = 0;
-    let limits =
-        HttpLimits { header_bytes_max: ADMIN_HEAD_BYTES_MAX, header_count_max: 64, body_bytes_max: 0 };
+    let limits = HttpLimits {
+        header_bytes_max: ADMIN_HEAD_BYTES_MAX,
+        header_count_max: 64,
+        body_bytes_max: 0,
+    };
     let (status, content_type, body) = loop {
         let n = stream.read(&mut buf[len..])?;
         if n == 0 {
@@ -62,12 +67,24 @@ fn serve_one(mut stream: TcpStream, shared: &Shared) -> io::Result<()> {
         match http::parse_head(&buf[..len], &mut headers, &limits) {
             Ok(None) if len < buf.len() => continue,
             Ok(None) => break (431, "text/plain", b"request too large".to_vec()),
-            Err(e) => break (e.status(), "text/plain", http::reason_phrase(e.status()).into()),
+            Err(e) => {
+                break (
+                    e.status(),
+                    "text/plain",
+                    http::reason_phrase(e.status()).into(),
+                );
+            }
             Ok(Some(head)) => break route(head.method, head.path, shared),
         }
     };
     let mut out = Vec::with_capacity(body.len() + 128);
-    http::write_response(status, &[("Content-Type", content_type)], &body, false, &mut out);
+    http::write_response(
+        status,
+        &[("Content-Type", content_type)],
+        &body,
+        false,
+        &mut out,
+    );
     stream.write_all(&out)
 }
 
@@ -77,7 +94,9 @@ fn route(method: &str, path: &str, shared: &Shared) -> (u16, &'static str, Vec<u
     }
     match path {
         "/health" => (200, "text/plain", b"ok".to_vec()),
-        "/ready" if shared.stop.load(Ordering::Relaxed) => (503, "text/plain", b"draining".to_vec()),
+        "/ready" if shared.stop.load(Ordering::Relaxed) => {
+            (503, "text/plain", b"draining".to_vec())
+        }
         "/ready" => (200, "text/plain", b"ready".to_vec()),
         "/stats" => (200, "application/json", stats_json(shared).into_bytes()),
         _ => (404, "text/plain", b"not found".to_vec()),

@@ -12,7 +12,7 @@ pub struct Limits {
     pub message_bytes_max: u64,
     /// Largest single WebSocket frame payload, bytes. Default 1 MiB. Over it: close 1009.
     pub frame_bytes_max: u64,
-    /// Most frames in one fragmented message. Default 65,536. Over it: close 1009.
+    /// Most continuation frames in one fragmented message. Default 65,536. Over it: close 1009.
     pub message_fragments_max: u32,
     /// Largest HTTP request head (request line and headers), bytes. Default 8 KiB. Over it: 431.
     pub header_bytes_max: usize,
@@ -131,28 +131,38 @@ impl Limits {
              ({FD_RESERVE_BASE} + {shards} shards x ({FD_RESERVE_PER_SHARD} + {} reject slots))",
             base.reject_overflow_max
         );
-        (Self { connections_max: total, ..base }.with_per_shard_share(shards), why)
+        (
+            Self {
+                connections_max: total,
+                ..base
+            }
+            .with_per_shard_share(shards),
+            why,
+        )
     }
 
     /// Sets the per-shard share of `connections_max`.
     pub fn with_per_shard_share(self, shards: u32) -> Self {
         let per = self.connections_max.div_ceil(shards.max(1)).max(1);
-        Self { connections_per_shard_max: per, ..self }
+        Self {
+            connections_per_shard_max: per,
+            ..self
+        }
     }
 
     /// Checks the relations between limits. Called once at startup.
     pub fn validate(&self) -> Result<(), LimitError> {
         fn err(key: &'static str, reason: impl Into<String>) -> Result<(), LimitError> {
-            Err(LimitError { key, reason: reason.into() })
+            Err(LimitError {
+                key,
+                reason: reason.into(),
+            })
         }
         if self.frame_bytes_max == 0 {
             return err("max_frame_bytes", "must be at least 1");
         }
         if self.message_bytes_max == 0 {
             return err("max_message_bytes", "must be at least 1");
-        }
-        if self.message_fragments_max == 0 {
-            return err("max_message_fragments", "must be at least 1");
         }
         if self.header_bytes_max < 64 {
             return err("max_header_bytes", "must be at least 64");
@@ -182,7 +192,10 @@ impl Limits {
             return err("max_connections_per_shard", "must be at least 1");
         }
         if self.connections_per_shard_max > self.connections_max {
-            return err("max_connections_per_shard", "must not exceed max_connections");
+            return err(
+                "max_connections_per_shard",
+                "must not exceed max_connections",
+            );
         }
         if self.memory_budget_bytes < self.outbound_bytes_max as u64 {
             return err("memory_budget_bytes", "must be at least max_outbound_bytes");
@@ -258,13 +271,19 @@ mod tests {
 
     #[test]
     fn zero_timeout_is_rejected_by_name() {
-        let l = Limits { close_timeout_ms: 0, ..Limits::default() };
+        let l = Limits {
+            close_timeout_ms: 0,
+            ..Limits::default()
+        };
         assert_eq!(l.validate().unwrap_err().key, "close_timeout_ms");
     }
 
     #[test]
     fn non_power_of_two_buffer_count_is_rejected() {
-        let l = Limits { recv_buffer_count: 300, ..Limits::default() };
+        let l = Limits {
+            recv_buffer_count: 300,
+            ..Limits::default()
+        };
         assert_eq!(l.validate().unwrap_err().key, "recv_buffer_count");
     }
 }

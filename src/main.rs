@@ -19,13 +19,18 @@ const EXIT_UNAVAILABLE: u8 = 69;
 const EXIT_OSERR: u8 = 71;
 
 #[derive(Parser)]
-#[command(name = "ringcast", version, about = "A real-time WebSocket server on io_uring")]
+#[command(
+    name = "ringcast",
+    version,
+    about = "A real-time WebSocket server on io_uring"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at startup
 enum Command {
     /// Run the server.
     Serve(ServeArgs),
@@ -61,7 +66,9 @@ fn main() -> ExitCode {
 }
 
 fn nofile_soft() -> u64 {
-    rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(1 << 20)
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1 << 20)
 }
 
 fn serve(args: &ServeArgs) -> ExitCode {
@@ -76,8 +83,9 @@ fn serve(args: &ServeArgs) -> ExitCode {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // A second signal while draining exits at once (status 1).
-        let installed = signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stop))
-            .and_then(|_| signal_hook::flag::register(signal, Arc::clone(&stop)));
+        let installed =
+            signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stop))
+                .and_then(|_| signal_hook::flag::register(signal, Arc::clone(&stop)));
         if let Err(e) = installed {
             eprintln!("ringcast: cannot install signal handler: {e}");
             return ExitCode::from(EXIT_OSERR);
@@ -87,7 +95,10 @@ fn serve(args: &ServeArgs) -> ExitCode {
     let admin = match Admin::start(settings.admin_listen, Arc::clone(&shared)) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("ringcast: cannot listen on {} (admin): {e}", settings.admin_listen);
+            eprintln!(
+                "ringcast: cannot listen on {} (admin): {e}",
+                settings.admin_listen
+            );
             return ExitCode::from(EXIT_OSERR);
         }
     };

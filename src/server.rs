@@ -55,14 +55,20 @@ impl Placement {
     /// One shard per CPU the process may run on.
     pub fn from_affinity() -> Placement {
         let cpus = allowed_cpus();
-        Placement { shards: cpus.len().max(1), pin: false, cpus }
+        Placement {
+            shards: cpus.len().max(1),
+            pin: false,
+            cpus,
+        }
     }
 }
 
 /// The CPUs in this process's affinity mask.
 pub fn allowed_cpus() -> Vec<usize> {
     match rustix::thread::sched_getaffinity(None) {
-        Ok(set) => (0..rustix::thread::CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect(),
+        Ok(set) => (0..rustix::thread::CpuSet::MAX_CPU)
+            .filter(|&c| set.is_set(c))
+            .collect(),
         Err(_) => (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect(),
     }
 }
@@ -104,15 +110,23 @@ impl Server {
     ) -> Result<Self, ServerError> {
         let io = resolve_io(config.io)?;
         let config = Arc::new(config);
-        let first = bind_listener(config.listen)
-            .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+        let first = bind_listener(config.listen).map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
         // With port 0 the first bind picks the port; the other shards join it.
-        let local_addr = first.local_addr().ok().and_then(|a| a.as_socket()).unwrap_or(config.listen);
+        let local_addr = first
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .unwrap_or(config.listen);
         let mut listeners = vec![first];
         for _ in 1..placement.shards {
             listeners.push(
-                bind_listener(local_addr)
-                    .map_err(|source| ServerError::Listen { addr: local_addr, source })?,
+                bind_listener(local_addr).map_err(|source| ServerError::Listen {
+                    addr: local_addr,
+                    source,
+                })?,
             );
         }
         let (ready_tx, ready_rx) = mpsc::channel::<Result<&'static str, String>>();
@@ -161,14 +175,21 @@ impl Server {
             match ready_rx.recv() {
                 Ok(Ok(name)) => driver_name = name,
                 Ok(Err(e)) => {
-                    shared.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    shared
+                        .stop
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     return Err(ServerError::IoUringUnavailable(e));
                 }
                 Err(_) => break,
             }
         }
         let _ = shared.driver_name.set(driver_name);
-        Ok(Self { local_addr, driver_name, shared, threads })
+        Ok(Self {
+            local_addr,
+            driver_name,
+            shared,
+            threads,
+        })
     }
 
     /// Blocks until every shard has stopped.

@@ -16,7 +16,10 @@ use crate::server::Placement;
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error("cannot read config file {path}: {source}")]
-    ReadFile { path: PathBuf, source: std::io::Error },
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     ParseFile { path: PathBuf, message: String },
     #[error("invalid value for {key}: {reason}")]
@@ -25,7 +28,10 @@ pub enum SettingsError {
 
 impl From<LimitError> for SettingsError {
     fn from(e: LimitError) -> Self {
-        SettingsError::Invalid { key: e.key, reason: e.reason }
+        SettingsError::Invalid {
+            key: e.key,
+            reason: e.reason,
+        }
     }
 }
 
@@ -121,7 +127,7 @@ limit_settings! {
     /// Largest WebSocket frame payload.
     max_frame_bytes => frame_bytes_max: u64, "RINGCAST_MAX_FRAME_BYTES", "bytes",
         "1048576", "close 1009";
-    /// Most frames in one fragmented message.
+    /// Most continuation frames in one fragmented message.
     max_message_fragments => message_fragments_max: u32, "RINGCAST_MAX_MESSAGE_FRAGMENTS", "frames",
         "65536", "close 1009";
     /// Largest HTTP request head.
@@ -235,8 +241,10 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9601";
 pub fn resolve(args: &ServeArgs, nofile: u64) -> Result<Settings, SettingsError> {
     let file = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|source| SettingsError::ReadFile { path: path.clone(), source })?;
+            let text = std::fs::read_to_string(path).map_err(|source| SettingsError::ReadFile {
+                path: path.clone(),
+                source,
+            })?;
             toml::from_str::<FileConfig>(&text).map_err(|e| SettingsError::ParseFile {
                 path: path.clone(),
                 message: e.to_string().trim().replace('\n', " "),
@@ -274,18 +282,27 @@ pub fn resolve(args: &ServeArgs, nofile: u64) -> Result<Settings, SettingsError>
         );
     }
     limits.validate()?;
-    let listen = args.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.parse().unwrap_or_else(|_| unreachable!()));
-    let admin_listen = args
-        .admin_listen
-        .or(file.admin_listen)
-        .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.parse().unwrap_or_else(|_| unreachable!()));
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| DEFAULT_LISTEN.parse().unwrap_or_else(|_| unreachable!()));
+    let admin_listen = args.admin_listen.or(file.admin_listen).unwrap_or_else(|| {
+        DEFAULT_ADMIN_LISTEN
+            .parse()
+            .unwrap_or_else(|_| unreachable!())
+    });
     let server = ServerConfig {
         listen,
         echo: args.echo.or(file.echo).unwrap_or(false),
         io: args.io.or(file.io).unwrap_or(Io::Auto).into(),
         limits,
     };
-    Ok(Settings { server, placement, admin_listen, connection_limit_origin: origin })
+    Ok(Settings {
+        server,
+        placement,
+        admin_listen,
+        connection_limit_origin: origin,
+    })
 }
 
 #[cfg(test)]
@@ -293,14 +310,22 @@ mod tests {
     use super::*;
 
     fn temp_file(name: &str, text: &str) -> PathBuf {
-        let p = std::env::temp_dir().join(format!("ringcast-settings-{}-{name}", std::process::id()));
+        let p =
+            std::env::temp_dir().join(format!("ringcast-settings-{}-{name}", std::process::id()));
         std::fs::write(&p, text).unwrap();
         p
     }
 
     #[test]
     fn defaults_follow_the_open_file_limit() {
-        let s = resolve(&ServeArgs { shards: Some(2), ..Default::default() }, 20_000).unwrap();
+        let s = resolve(
+            &ServeArgs {
+                shards: Some(2),
+                ..Default::default()
+            },
+            20_000,
+        )
+        .unwrap();
         assert_eq!(s.server.limits.connections_max, 20_000 - 64 - 2 * (8 + 256));
         assert_eq!(s.server.listen.to_string(), DEFAULT_LISTEN);
         assert!(s.connection_limit_origin.contains("open-file limit 20000"));
@@ -308,8 +333,14 @@ mod tests {
 
     #[test]
     fn flags_win_over_the_file() {
-        let path = temp_file("prec.toml", "max_message_bytes = 10\nclose_timeout_ms = 7\necho = true\n");
-        let mut args = ServeArgs { config: Some(path.clone()), ..Default::default() };
+        let path = temp_file(
+            "prec.toml",
+            "max_message_bytes = 10\nclose_timeout_ms = 7\necho = true\n",
+        );
+        let mut args = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
         args.limits.max_message_bytes = Some(20);
         let s = resolve(&args, 20_000).unwrap();
         assert_eq!(s.server.limits.message_bytes_max, 20);
@@ -321,8 +352,14 @@ mod tests {
     #[test]
     fn unknown_file_key_is_an_error_naming_it() {
         let path = temp_file("unknown.toml", "max_mesage_bytes = 10\n");
-        let err = resolve(&ServeArgs { config: Some(path.clone()), ..Default::default() }, 20_000)
-            .unwrap_err();
+        let err = resolve(
+            &ServeArgs {
+                config: Some(path.clone()),
+                ..Default::default()
+            },
+            20_000,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("max_mesage_bytes"), "{err}");
         std::fs::remove_file(path).unwrap();
     }
@@ -337,7 +374,10 @@ mod tests {
 
     #[test]
     fn configured_total_is_shared_between_shards() {
-        let mut args = ServeArgs { shards: Some(4), ..Default::default() };
+        let mut args = ServeArgs {
+            shards: Some(4),
+            ..Default::default()
+        };
         args.limits.max_connections = Some(1000);
         let s = resolve(&args, 20_000).unwrap();
         assert_eq!(s.server.limits.connections_per_shard_max, 250);

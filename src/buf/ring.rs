@@ -34,7 +34,10 @@ impl BufRing {
     /// registered). `count` must be a power of two no larger than 32,768.
     pub fn new(count: u16, buf_bytes: u32, group: u16) -> io::Result<Self> {
         if !count.is_power_of_two() || count > 32_768 || buf_bytes == 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad buffer ring geometry"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "bad buffer ring geometry",
+            ));
         }
         let entries_layout = Layout::from_size_align(
             usize::from(count) * std::mem::size_of::<BufRingEntry>(),
@@ -56,8 +59,16 @@ impl BufRing {
             unsafe { dealloc(entries.as_ptr().cast(), entries_layout) };
             return Err(io::Error::from(io::ErrorKind::OutOfMemory));
         };
-        let mut ring =
-            Self { entries, entries_layout, bufs, bufs_layout, count, buf_bytes, tail: 0, group };
+        let mut ring = Self {
+            entries,
+            entries_layout,
+            bufs,
+            bufs_layout,
+            count,
+            buf_bytes,
+            tail: 0,
+            group,
+        };
         for bid in 0..count {
             ring.push(bid);
         }

@@ -56,7 +56,11 @@ struct Slot {
 }
 
 enum Pending {
-    Sent { key: ConnKey, result: io::Result<usize>, bufs: Vec<Bytes> },
+    Sent {
+        key: ConnKey,
+        result: io::Result<usize>,
+        bufs: Vec<Bytes>,
+    },
 }
 
 pub struct EpollDriver {
@@ -131,7 +135,11 @@ impl EpollDriver {
         let slot = &mut self.slots[i];
         if slot.generation != key.generation || slot.fd != fd {
             debug_assert!(slot.parked.is_none() || slot.generation == key.generation);
-            *slot = Slot { generation: key.generation, fd, ..Slot::default() };
+            *slot = Slot {
+                generation: key.generation,
+                fd,
+                ..Slot::default()
+            };
         }
         slot
     }
@@ -178,7 +186,11 @@ impl EpollDriver {
             self.spare_bufs.push(bufs);
             return Ok(());
         }
-        let mut op = ParkedSend { fd, bufs, written: 0 };
+        let mut op = ParkedSend {
+            fd,
+            bufs,
+            written: 0,
+        };
         match write_some(&mut op) {
             Ok(true) => {
                 self.pending.push_back(Pending::Sent {
@@ -188,7 +200,11 @@ impl EpollDriver {
                 });
             }
             Ok(false) => self.slot(key, fd).parked = Some(op),
-            Err(e) => self.pending.push_back(Pending::Sent { key, result: Err(e), bufs: op.bufs }),
+            Err(e) => self.pending.push_back(Pending::Sent {
+                key,
+                result: Err(e),
+                bufs: op.bufs,
+            }),
         }
         Ok(())
     }
@@ -202,11 +218,19 @@ impl EpollDriver {
         let busy = !self.pending.is_empty() || !self.again.is_empty();
         let ts = rustix::event::Timespec {
             tv_sec: if busy { 0 } else { timeout.as_secs() as i64 },
-            tv_nsec: if busy { 0 } else { i64::from(timeout.subsec_nanos()) },
+            tv_nsec: if busy {
+                0
+            } else {
+                i64::from(timeout.subsec_nanos())
+            },
         };
         self.events.clear();
         self.events.reserve(max.clamp(1, 4096));
-        match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut self.events), Some(&ts)) {
+        match epoll::wait(
+            &self.epoll,
+            rustix::buffer::spare_capacity(&mut self.events),
+            Some(&ts),
+        ) {
             Ok(_) => {}
             Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
@@ -226,9 +250,14 @@ impl EpollDriver {
                 self.accept(handler);
                 continue;
             }
-            let key = ConnKey { index: data as u32, generation: ((data >> 32) as u32) & GEN_MASK };
+            let key = ConnKey {
+                index: data as u32,
+                generation: ((data >> 32) as u32) & GEN_MASK,
+            };
             let flags = ev.flags;
-            if flags.intersects(epoll::EventFlags::OUT | epoll::EventFlags::ERR | epoll::EventFlags::HUP) {
+            if flags.intersects(
+                epoll::EventFlags::OUT | epoll::EventFlags::ERR | epoll::EventFlags::HUP,
+            ) {
                 self.writable(key);
             }
             if flags.intersects(
@@ -249,8 +278,16 @@ impl EpollDriver {
 
     fn deliver(&mut self, p: Pending, handler: &mut dyn FnMut(Event<'_>)) {
         match p {
-            Pending::Sent { key, result, mut bufs } => {
-                handler(Event::Sent { key, result, unsent: &mut bufs });
+            Pending::Sent {
+                key,
+                result,
+                mut bufs,
+            } => {
+                handler(Event::Sent {
+                    key,
+                    result,
+                    unsent: &mut bufs,
+                });
                 bufs.clear();
                 self.spare_bufs.push(bufs);
             }
@@ -258,7 +295,9 @@ impl EpollDriver {
     }
 
     fn accept(&mut self, handler: &mut dyn FnMut(Event<'_>)) {
-        let Some(listener) = self.listener else { return };
+        let Some(listener) = self.listener else {
+            return;
+        };
         for _ in 0..ACCEPTS_PER_TURN {
             match rustix::net::accept_with(
                 borrow(listener),
@@ -284,19 +323,31 @@ impl EpollDriver {
     }
 
     fn writable(&mut self, key: ConnKey) {
-        let Some(slot) = self.live_slot(key) else { return };
-        let Some(mut op) = slot.parked.take() else { return };
+        let Some(slot) = self.live_slot(key) else {
+            return;
+        };
+        let Some(mut op) = slot.parked.take() else {
+            return;
+        };
         match write_some(&mut op) {
-            Ok(true) => {
-                self.pending.push_back(Pending::Sent { key, result: Ok(op.written), bufs: op.bufs })
-            }
+            Ok(true) => self.pending.push_back(Pending::Sent {
+                key,
+                result: Ok(op.written),
+                bufs: op.bufs,
+            }),
             Ok(false) => slot.parked = Some(op),
-            Err(e) => self.pending.push_back(Pending::Sent { key, result: Err(e), bufs: op.bufs }),
+            Err(e) => self.pending.push_back(Pending::Sent {
+                key,
+                result: Err(e),
+                bufs: op.bufs,
+            }),
         }
     }
 
     fn readable(&mut self, key: ConnKey, handler: &mut dyn FnMut(Event<'_>)) {
-        let Some(slot) = self.live_slot(key) else { return };
+        let Some(slot) = self.live_slot(key) else {
+            return;
+        };
         if !slot.recv_active {
             return;
         }
@@ -308,7 +359,10 @@ impl EpollDriver {
                     return;
                 }
                 Ok((n, _)) => {
-                    handler(Event::Received { key, data: &mut self.scratch[..n] });
+                    handler(Event::Received {
+                        key,
+                        data: &mut self.scratch[..n],
+                    });
                     // The handler may have shut the socket down; keep reading until EOF so the
                     // shard sees the receive end, as with io_uring.
                 }

@@ -62,6 +62,7 @@ pub struct UringDriver {
     ring: IoUring,
     bufs: BufRing,
     sends: Slab<Box<SendOp>>,
+    #[allow(clippy::vec_box)] // Boxed: the kernel holds pointers into a SendOp while in flight.
     spare: Vec<Box<SendOp>>,
     send_iovecs_max: usize,
     cqes: Vec<(u64, i32, u32)>,
@@ -77,7 +78,11 @@ impl UringDriver {
             .setup_single_issuer()
             .setup_defer_taskrun()
             .build(cfg.sq_entries)
-            .or_else(|_| IoUring::builder().setup_cqsize(cfg.sq_entries * 2).build(cfg.sq_entries))?;
+            .or_else(|_| {
+                IoUring::builder()
+                    .setup_cqsize(cfg.sq_entries * 2)
+                    .build(cfg.sq_entries)
+            })?;
         let mut probe = io_uring::Probe::new();
         ring.submitter().register_probe(&mut probe)?;
         for (code, name) in [
@@ -111,7 +116,10 @@ impl UringDriver {
             )
         }
         .map_err(|e| {
-            io::Error::new(e.kind(), format!("io_uring provided buffer rings (Linux 5.19+): {e}"))
+            io::Error::new(
+                e.kind(),
+                format!("io_uring provided buffer rings (Linux 5.19+): {e}"),
+            )
         })?;
         Ok(Self {
             ring,
@@ -189,7 +197,10 @@ impl UringDriver {
             if b.is_empty() {
                 continue;
             }
-            op.iov.push(libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() });
+            op.iov.push(libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            });
             op.bufs.push(b);
         }
         if op.bufs.is_empty() {
@@ -222,18 +233,29 @@ impl UringDriver {
         max: usize,
         handler: &mut dyn FnMut(Event<'_>),
     ) -> io::Result<()> {
-        let want = if self.ring.completion().is_empty() { 1 } else { 0 };
+        let want = if self.ring.completion().is_empty() {
+            1
+        } else {
+            0
+        };
         let ts = types::Timespec::from(timeout);
         let args = types::SubmitArgs::new().timespec(&ts);
         match self.ring.submitter().submit_with_args(want, &args) {
             Ok(_) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {
-            }
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) => {}
             Err(e) => return Err(e),
         }
         self.cqes.clear();
-        self.cqes
-            .extend(self.ring.completion().take(max).map(|c| (c.user_data(), c.result(), c.flags())));
+        self.cqes.extend(
+            self.ring
+                .completion()
+                .take(max)
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
         for i in 0..self.cqes.len() {
             let (data, res, flags) = self.cqes[i];
             self.complete(data, res, flags, handler);
@@ -273,7 +295,10 @@ impl UringDriver {
                         self.bufs.recycle(bid);
                     }
                     if !more {
-                        handler(Event::RecvStopped { key, why: RecvStop::Rearm });
+                        handler(Event::RecvStopped {
+                            key,
+                            why: RecvStop::Rearm,
+                        });
                     }
                     return;
                 }
@@ -319,7 +344,11 @@ impl UringDriver {
                 };
                 op.iov.clear();
                 let key = op.key;
-                handler(Event::Sent { key, result, unsent: &mut op.bufs });
+                handler(Event::Sent {
+                    key,
+                    result,
+                    unsent: &mut op.bufs,
+                });
                 op.bufs.clear();
                 self.spare.push(op);
             }

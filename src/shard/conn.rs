@@ -90,7 +90,11 @@ impl Conn {
             queued_tick: 0,
             outq_bytes: 0,
             outq: VecDeque::new(),
-            phase: Phase::Http(Http { pending: None, awaiting_body: false, answered: false }),
+            phase: Phase::Http(Http {
+                pending: None,
+                awaiting_body: false,
+                answered: false,
+            }),
         }
     }
 
@@ -113,6 +117,10 @@ mod tests {
 
     #[test]
     fn idle_connection_record_is_at_most_128_bytes() {
-        assert!(std::mem::size_of::<Conn>() <= 128, "{}", std::mem::size_of::<Conn>());
+        assert!(
+            std::mem::size_of::<Conn>() <= 128,
+            "{}",
+            std::mem::size_of::<Conn>()
+        );
     }
 }

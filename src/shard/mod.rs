@@ -105,7 +105,12 @@ impl Shard {
     ) -> Self {
         let limits = config.limits;
         let per_ip = (limits.connections_per_ip_max > 0 || limits.handshakes_per_ip_per_s > 0)
-            .then(|| PerIp::new(limits.connections_per_ip_max, limits.handshakes_per_ip_per_s));
+            .then(|| {
+                PerIp::new(
+                    limits.connections_per_ip_max,
+                    limits.handshakes_per_ip_per_s,
+                )
+            });
         Self {
             driver,
             state: State {
@@ -185,7 +190,9 @@ impl State {
         if driver.accept_armed() {
             return;
         }
-        let Some(listener) = &self.listener else { return };
+        let Some(listener) = &self.listener else {
+            return;
+        };
         if let Some(until) = self.accept_paused_until {
             if !tick_reached(until, self.now) {
                 return;
@@ -193,7 +200,8 @@ impl State {
             self.accept_paused_until = None;
         }
         if let Err(e) = driver.arm_accept(listener.as_raw_fd()) {
-            self.accept_error_log.warn(self.now, &format!("cannot arm accept: {e}"));
+            self.accept_error_log
+                .warn(self.now, &format!("cannot arm accept: {e}"));
             self.accept_paused_until = Some(self.now.wrapping_add(ms_to_ticks(ACCEPT_BACKOFF_MS)));
         }
     }
@@ -271,7 +279,11 @@ impl State {
                 }
                 self.mark_dirty(index);
             }
-            Event::Sent { key, result, unsent } => {
+            Event::Sent {
+                key,
+                result,
+                unsent,
+            } => {
                 let Some(index) = self.live(key) else { return };
                 let conn = &mut self.conns[index as usize];
                 conn.clear(flag::SEND_INFLIGHT);
@@ -322,7 +334,11 @@ impl State {
         if self.drain_deadline.is_some() || live >= self.limits.connections_per_shard_max {
             refusal = Some(503);
         } else if let Some(per_ip) = &mut self.per_ip {
-            match SockRef::from(&fd).peer_addr().ok().and_then(|a| a.as_socket()) {
+            match SockRef::from(&fd)
+                .peer_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+            {
                 Some(addr) => {
                     if per_ip.admit(addr.ip(), self.now) {
                         peer = Some(addr.ip());
@@ -354,7 +370,9 @@ impl State {
         if let (Some(ip), Some(per_ip)) = (peer, &mut self.per_ip) {
             per_ip.bind(index, ip);
         }
-        let at = self.now.wrapping_add(ms_to_ticks(self.limits.handshake_timeout_ms));
+        let at = self
+            .now
+            .wrapping_add(ms_to_ticks(self.limits.handshake_timeout_ms));
         self.set_deadline(index, at);
     }
 
@@ -377,7 +395,9 @@ impl State {
         debug_assert!(!conn.has(flag::RECV_ARMED | flag::SEND_INFLIGHT));
         self.held_bytes = self.held_bytes.saturating_sub(u64::from(conn.outq_bytes));
         if let Phase::WebSocket(ws) = &conn.phase {
-            self.held_bytes = self.held_bytes.saturating_sub(ws.decoder.buffered_bytes() as u64);
+            self.held_bytes = self
+                .held_bytes
+                .saturating_sub(ws.decoder.buffered_bytes() as u64);
             self.stats.websockets = self.stats.websockets.saturating_sub(1);
         }
         if conn.has(flag::REJECTING) {
@@ -506,7 +526,9 @@ impl State {
                     pos += total;
                     self.stats.http_requests += 1;
                     self.queue_control(index, Bytes::from(out));
-                    let idle = self.now.wrapping_add(ms_to_ticks(self.limits.http_idle_timeout_ms));
+                    let idle = self
+                        .now
+                        .wrapping_add(ms_to_ticks(self.limits.http_idle_timeout_ms));
                     if let Phase::Http(h) = &mut self.conns[index as usize].phase {
                         h.awaiting_body = false;
                         h.answered = true;
@@ -543,12 +565,14 @@ impl State {
     }
 
     fn await_body(&mut self, index: u32) {
-        let at = self.now.wrapping_add(ms_to_ticks(self.limits.http_body_timeout_ms));
-        if let Phase::Http(h) = &mut self.conns[index as usize].phase {
-            if !h.awaiting_body {
-                h.awaiting_body = true;
-                self.set_deadline_exact(index, at);
-            }
+        let at = self
+            .now
+            .wrapping_add(ms_to_ticks(self.limits.http_body_timeout_ms));
+        if let Phase::Http(h) = &mut self.conns[index as usize].phase
+            && !h.awaiting_body
+        {
+            h.awaiting_body = true;
+            self.set_deadline_exact(index, at);
         }
     }
 
@@ -569,7 +593,13 @@ impl State {
         let limits = self.limits.decoder();
         let outbound_max = self.limits.outbound_bytes_max;
         let conn = &mut self.conns[index as usize];
-        let Conn { phase, outq, outq_bytes, flags, .. } = conn;
+        let Conn {
+            phase,
+            outq,
+            outq_bytes,
+            flags,
+            ..
+        } = conn;
         let Phase::WebSocket(ws) = phase else { return };
         let held_before = ws.decoder.buffered_bytes() as u64 + u64::from(*outq_bytes);
         let mut pos = 0;
@@ -664,13 +694,15 @@ impl State {
     /// close timeout) for the peer to close: a lingering close, so the last bytes are not lost
     /// to a reset.
     fn close_after_flush(&mut self, index: u32) {
-        let at = self.now.wrapping_add(ms_to_ticks(self.limits.close_timeout_ms));
+        let at = self
+            .now
+            .wrapping_add(ms_to_ticks(self.limits.close_timeout_ms));
         let conn = &mut self.conns[index as usize];
         conn.set(flag::READ_DONE | flag::CLOSE_AFTER_FLUSH);
-        if let Phase::Http(h) = &mut conn.phase {
-            if let Some(p) = h.pending.take() {
-                self.held_bytes = self.held_bytes.saturating_sub(p.len() as u64);
-            }
+        if let Phase::Http(h) = &mut conn.phase
+            && let Some(p) = h.pending.take()
+        {
+            self.held_bytes = self.held_bytes.saturating_sub(p.len() as u64);
         }
         self.set_deadline_exact(index, at);
         self.mark_dirty(index);
@@ -726,7 +758,9 @@ impl State {
         let mut due = std::mem::take(&mut self.due);
         self.wheel.advance(self.now, &mut due);
         for (index, tick) in due.drain(..) {
-            let Some(conn) = self.conns.get_mut(index as usize) else { continue };
+            let Some(conn) = self.conns.get_mut(index as usize) else {
+                continue;
+            };
             if conn.queued_tick != tick {
                 continue;
             }
@@ -835,9 +869,14 @@ impl State {
     fn flush_dirty(&mut self, driver: &mut Driver) {
         let mut dirty = std::mem::take(&mut self.dirty);
         for index in dirty.drain(..) {
-            let Some(conn) = self.conns.get_mut(index as usize) else { continue };
+            let Some(conn) = self.conns.get_mut(index as usize) else {
+                continue;
+            };
             conn.clear(flag::DIRTY);
-            let key = ConnKey { index, generation: conn.generation };
+            let key = ConnKey {
+                index,
+                generation: conn.generation,
+            };
             if conn.has(flag::SHUTDOWN) {
                 self.release_if_idle(index);
                 continue;
@@ -909,14 +948,20 @@ fn push_limited(
     bytes: Bytes,
     max: usize,
 ) -> bool {
-    if *outq_bytes as usize + bytes.len() > max {
+    // A reader is over its limit when it is more than `max` behind: an empty queue always takes
+    // one message (at most `max_message_bytes`), so an echo of a large message still works.
+    if *outq_bytes > 0 && *outq_bytes as usize + bytes.len() > max {
         return false;
     }
     push_unlimited(outq, outq_bytes, bytes);
     true
 }
 
-fn push_unlimited(outq: &mut std::collections::VecDeque<Bytes>, outq_bytes: &mut u32, bytes: Bytes) {
+fn push_unlimited(
+    outq: &mut std::collections::VecDeque<Bytes>,
+    outq_bytes: &mut u32,
+    bytes: Bytes,
+) {
     *outq_bytes = outq_bytes.saturating_add(bytes.len() as u32);
     outq.push_back(bytes);
 }

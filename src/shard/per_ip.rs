@@ -27,13 +27,22 @@ pub struct PerIp {
 impl PerIp {
     /// `live_max` / `per_second_max` of 0 turn that check off.
     pub fn new(live_max: u32, per_second_max: u32) -> Self {
-        Self { live_max, per_second_max, by_ip: HashMap::new(), of_conn: HashMap::new() }
+        Self {
+            live_max,
+            per_second_max,
+            by_ip: HashMap::new(),
+            of_conn: HashMap::new(),
+        }
     }
 
     /// Counts a new connection from `ip` if both limits allow it; false means refuse (429).
     pub fn admit(&mut self, ip: IpAddr, now: Tick) -> bool {
         let second = ms_to_ticks(1000);
-        let e = self.by_ip.entry(ip).or_insert(Entry { live: 0, window_start: now, window_count: 0 });
+        let e = self.by_ip.entry(ip).or_insert(Entry {
+            live: 0,
+            window_start: now,
+            window_count: 0,
+        });
         if tick_reached(e.window_start.wrapping_add(second), now) {
             e.window_start = now;
             e.window_count = 0;
@@ -56,10 +65,12 @@ impl PerIp {
 
     /// Connection `index` is gone.
     pub fn unbind(&mut self, index: u32) {
-        if let Some(ip) = self.of_conn.remove(&index) {
-            if let Some(e) = self.by_ip.get_mut(&ip) {
-                e.live = e.live.saturating_sub(1);
-            }
+        if let Some(e) = self
+            .of_conn
+            .remove(&index)
+            .and_then(|ip| self.by_ip.get_mut(&ip))
+        {
+            e.live = e.live.saturating_sub(1);
         }
     }
 

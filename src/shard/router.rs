@@ -42,24 +42,37 @@ pub fn route(
 ) -> Routed {
     match head.path {
         "/health" => match head.method {
-            "GET" if draining => {
-                Routed::Respond(Response { status: 503, headers: TEXT, body: b"draining" })
-            }
-            "GET" => Routed::Respond(Response { status: 200, headers: TEXT, body: b"ok" }),
+            "GET" if draining => Routed::Respond(Response {
+                status: 503,
+                headers: TEXT,
+                body: b"draining",
+            }),
+            "GET" => Routed::Respond(Response {
+                status: 200,
+                headers: TEXT,
+                body: b"ok",
+            }),
             _ => method_not_allowed(),
         },
         "/echo" if config.echo => match handshake::validate(head) {
             Ok(accept) => Routed::Upgrade(Endpoint::Echo, accept),
             Err(e) => Routed::Reject(e),
         },
-        _ => Routed::Respond(Response { status: 404, headers: TEXT, body: b"not found" }),
+        _ => Routed::Respond(Response {
+            status: 404,
+            headers: TEXT,
+            body: b"not found",
+        }),
     }
 }
 
 fn method_not_allowed() -> Routed {
     Routed::Respond(Response {
         status: 405,
-        headers: &[("Allow", "GET"), ("Content-Type", "text/plain; charset=utf-8")],
+        headers: &[
+            ("Allow", "GET"),
+            ("Content-Type", "text/plain; charset=utf-8"),
+        ],
         body: b"method not allowed",
     })
 }

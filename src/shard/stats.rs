@@ -91,7 +91,11 @@ mod tests {
 
     #[test]
     fn published_snapshot_equals_the_counters() {
-        let s = ShardStats { accepted: 3, bytes_in: 99, ..ShardStats::default() };
+        let s = ShardStats {
+            accepted: 3,
+            bytes_in: 99,
+            ..ShardStats::default()
+        };
         let c = ShardCounters::default();
         c.publish(&s);
         assert_eq!(c.snapshot(), s);
@@ -99,8 +103,15 @@ mod tests {
 
     #[test]
     fn totals_add_field_by_field() {
-        let mut t = ShardStats { accepted: 1, ..ShardStats::default() };
-        t.add(&ShardStats { accepted: 2, sends: 5, ..ShardStats::default() });
+        let mut t = ShardStats {
+            accepted: 1,
+            ..ShardStats::default()
+        };
+        t.add(&ShardStats {
+            accepted: 2,
+            sends: 5,
+            ..ShardStats::default()
+        });
         assert_eq!((t.accepted, t.sends), (3, 5));
     }
 }

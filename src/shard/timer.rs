@@ -30,7 +30,10 @@ impl Default for TimerWheel {
 
 impl TimerWheel {
     pub fn new() -> Self {
-        Self { slots: (0..SLOTS).map(|_| Vec::new()).collect(), done: 0 }
+        Self {
+            slots: (0..SLOTS).map(|_| Vec::new()).collect(),
+            done: 0,
+        }
     }
 
     /// Queues `index` to be looked at when tick `at` comes (or at once if `at` has passed).
