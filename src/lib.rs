@@ -2,5 +2,20 @@
 //!
 //! Module map (dependencies point one way, see ../shared/STYLE.md):
 //! - [`proto`]: sans-IO RFC 6455 and HTTP/1.1 request parsing. No sockets, no clocks, no unsafe.
+//! - [`config`]: every limit, with its default and what happens when it is hit.
+//! - [`buf`]: memory shared with the kernel (the provided-buffer ring). `unsafe` allowed.
+//! - [`driver`]: per-shard I/O (io_uring). Moves bytes, nothing else. `unsafe` allowed.
+//! - [`shard`]: the thread-per-core loop: connections, timers, HTTP routes, WebSocket state.
+//! - [`server`]: listeners, shard threads, signals.
+//! - [`admin`]: the admin listener (`/stats`, `/ready`), off the public port.
 
+pub mod admin;
+#[allow(unsafe_code)]
+pub mod buf;
+pub mod config;
+#[allow(unsafe_code)]
+pub mod driver;
 pub mod proto;
+pub mod server;
+pub mod settings;
+pub mod shard;

@@ -1,1 +1,142 @@
-fn main() {}
+//! The `ringcast` command: parse settings, start the shards and the admin listener, wait.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use clap::{Parser, Subcommand};
+use ringcast::admin::Admin;
+use ringcast::server::{Server, ServerError};
+use ringcast::settings::{self, ServeArgs};
+use ringcast::shard::Shared;
+
+/// sysexits.h: EX_USAGE, a bad flag or configuration value.
+const EXIT_USAGE: u8 = 64;
+/// sysexits.h: EX_UNAVAILABLE, a required service (io_uring) is missing.
+const EXIT_UNAVAILABLE: u8 = 69;
+/// sysexits.h: EX_OSERR, the operating system refused (bind failed).
+const EXIT_OSERR: u8 = 71;
+
+#[derive(Parser)]
+#[command(
+    name = "ringcast",
+    version,
+    about = "A real-time WebSocket server on io_uring"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at startup
+enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Print the settings table (markdown) that the README carries.
+    #[command(hide = true)]
+    SettingsTable,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RINGCAST_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match cli.command {
+        Command::Serve(args) => serve(&args),
+        Command::SettingsTable => {
+            print!("{}", settings::limits_table_markdown());
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn nofile_soft() -> u64 {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1 << 20)
+}
+
+fn serve(args: &ServeArgs) -> ExitCode {
+    let settings = match settings::resolve(args, nofile_soft()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ringcast: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    tracing::info!("{}", settings.connection_limit_origin);
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal while draining exits at once (status 1).
+        let installed =
+            signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stop))
+                .and_then(|_| signal_hook::flag::register(signal, Arc::clone(&stop)));
+        if let Err(e) = installed {
+            eprintln!("ringcast: cannot install signal handler: {e}");
+            return ExitCode::from(EXIT_OSERR);
+        }
+    }
+    let shared = Arc::new(Shared::new(stop, settings.placement.shards));
+    let admin = match Admin::start(settings.admin_listen, Arc::clone(&shared)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!(
+                "ringcast: cannot listen on {} (admin): {e}",
+                settings.admin_listen
+            );
+            return ExitCode::from(EXIT_OSERR);
+        }
+    };
+    let server = match Server::start(settings.server.clone(), &settings.placement, shared) {
+        Ok(s) => s,
+        Err(e @ ServerError::IoUringUnavailable(_)) => {
+            eprintln!("ringcast: {e} (use --io auto or --io epoll to run on epoll)");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+        Err(e) => {
+            eprintln!("ringcast: {e}");
+            return ExitCode::from(EXIT_OSERR);
+        }
+    };
+    let limits = &settings.server.limits;
+    tracing::info!(
+        addr = %server.local_addr,
+        admin = %admin.local_addr,
+        driver = server.driver_name,
+        shards = settings.placement.shards,
+        max_connections = limits.connections_max,
+        max_connections_per_shard = limits.connections_per_shard_max,
+        "serving"
+    );
+    // The lines tests and scripts wait for.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "ringcast: admin on {}", admin.local_addr);
+    let _ = writeln!(out, "ringcast: listening on {}", server.local_addr);
+    let _ = out.flush();
+    drop(out);
+    match server.wait() {
+        Ok(()) => {
+            tracing::info!("drained, exiting");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringcast: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! Buffer management shared with the kernel: the provided-buffer ring that multishot receives
+//! draw from. Owns the memory the kernel writes into; never interprets its contents.
+
+pub mod ring;
+
+pub use ring::BufRing;

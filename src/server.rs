@@ -1,0 +1,211 @@
+//! Starts the shards: binds one listener per shard on the same address (SO_REUSEPORT), runs each
+//! shard on its own thread (optionally pinned to a CPU), and lets them drain on SIGINT/SIGTERM.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::ServerConfig;
+use crate::driver::{Driver, DriverConfig, IoMode};
+use crate::shard::{Shard, Shared};
+
+/// Listen backlog; the kernel caps it at net.core.somaxconn.
+const LISTEN_BACKLOG: i32 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: io::Error },
+    #[error("io_uring is unavailable: {0}")]
+    IoUringUnavailable(String),
+    #[error("shard {shard} failed: {source}")]
+    Shard { shard: usize, source: io::Error },
+}
+
+/// Binds a listener for one shard. SO_REUSEPORT lets every shard bind the same address and the
+/// kernel spreads new connections across them.
+pub fn bind_listener(addr: SocketAddr) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.set_cloexec(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket)
+}
+
+/// How many shards, and where they run.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub shards: usize,
+    /// Pin shard i to `cpus[i % cpus.len()]`.
+    pub pin: bool,
+    /// The CPUs of the process's affinity mask, in order.
+    pub cpus: Vec<usize>,
+}
+
+impl Placement {
+    /// One shard per CPU the process may run on.
+    pub fn from_affinity() -> Placement {
+        let cpus = allowed_cpus();
+        Placement {
+            shards: cpus.len().max(1),
+            pin: false,
+            cpus,
+        }
+    }
+}
+
+/// The CPUs in this process's affinity mask.
+pub fn allowed_cpus() -> Vec<usize> {
+    match rustix::thread::sched_getaffinity(None) {
+        Ok(set) => (0..rustix::thread::CpuSet::MAX_CPU)
+            .filter(|&c| set.is_set(c))
+            .collect(),
+        Err(_) => (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect(),
+    }
+}
+
+/// Resolves `--io auto` once for all shards, logging one warning with the reason when io_uring
+/// is unavailable.
+pub fn resolve_io(mode: IoMode) -> Result<IoMode, ServerError> {
+    match mode {
+        IoMode::Epoll => Ok(IoMode::Epoll),
+        IoMode::Uring => {
+            crate::driver::probe_uring().map_err(|e| ServerError::IoUringUnavailable(e.0))?;
+            Ok(IoMode::Uring)
+        }
+        IoMode::Auto => match crate::driver::probe_uring() {
+            Ok(()) => Ok(IoMode::Uring),
+            Err(e) => {
+                tracing::warn!("io_uring unavailable, running on epoll: {}", e.0);
+                Ok(IoMode::Epoll)
+            }
+        },
+    }
+}
+
+/// A running server: call [`Server::wait`] to block until the shards have drained.
+pub struct Server {
+    pub local_addr: SocketAddr,
+    pub driver_name: &'static str,
+    pub shared: Arc<Shared>,
+    threads: Vec<std::thread::JoinHandle<io::Result<()>>>,
+}
+
+impl Server {
+    /// Binds and starts the shards; returns once every shard is accepting. Setting
+    /// `shared.stop` makes them drain and return.
+    pub fn start(
+        config: ServerConfig,
+        placement: &Placement,
+        shared: Arc<Shared>,
+    ) -> Result<Self, ServerError> {
+        let io = resolve_io(config.io)?;
+        let config = Arc::new(config);
+        let first = bind_listener(config.listen).map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        // With port 0 the first bind picks the port; the other shards join it.
+        let local_addr = first
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .unwrap_or(config.listen);
+        let mut listeners = vec![first];
+        for _ in 1..placement.shards {
+            listeners.push(
+                bind_listener(local_addr).map_err(|source| ServerError::Listen {
+                    addr: local_addr,
+                    source,
+                })?,
+            );
+        }
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<&'static str, String>>();
+        let mut threads = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let config = Arc::clone(&config);
+            let shared_for_shard = Arc::clone(&shared);
+            let ready = ready_tx.clone();
+            let cpu = (placement.pin && !placement.cpus.is_empty())
+                .then(|| placement.cpus[i % placement.cpus.len()]);
+            let handle = std::thread::Builder::new()
+                .name(format!("ringcast-shard-{i}"))
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        let mut set = rustix::thread::CpuSet::new();
+                        set.set(cpu);
+                        if let Err(e) = rustix::thread::sched_setaffinity(None, &set) {
+                            tracing::warn!(shard = i, cpu, "cannot pin shard: {e}");
+                        }
+                    }
+                    // The ring is created on the thread that submits to it (SINGLE_ISSUER).
+                    let limits = config.limits;
+                    let cfg = DriverConfig {
+                        recv_buffer_count: limits.recv_buffer_count,
+                        recv_buffer_bytes: limits.recv_buffer_bytes,
+                        send_iovecs_max: limits.send_iovecs_max,
+                    };
+                    let driver = match Driver::open(io, &cfg) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            let _ = ready.send(Err(e.0));
+                            return Ok(());
+                        }
+                    };
+                    let mut shard = Shard::new(i, driver, listener, config, shared_for_shard);
+                    let _ = ready.send(Ok(shard.driver_name()));
+                    drop(ready);
+                    shard.run().map(drop)
+                })
+                .map_err(|source| ServerError::Shard { shard: i, source })?;
+            threads.push(handle);
+        }
+        drop(ready_tx);
+        let mut driver_name = "io_uring";
+        for _ in 0..placement.shards {
+            match ready_rx.recv() {
+                Ok(Ok(name)) => driver_name = name,
+                Ok(Err(e)) => {
+                    shared
+                        .stop
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Err(ServerError::IoUringUnavailable(e));
+                }
+                Err(_) => break,
+            }
+        }
+        let _ = shared.driver_name.set(driver_name);
+        Ok(Self {
+            local_addr,
+            driver_name,
+            shared,
+            threads,
+        })
+    }
+
+    /// Blocks until every shard has stopped.
+    pub fn wait(self) -> Result<(), ServerError> {
+        for (shard, t) in self.threads.into_iter().enumerate() {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(source)) => return Err(ServerError::Shard { shard, source }),
+                Err(_) => {
+                    return Err(ServerError::Shard {
+                        shard,
+                        source: io::Error::other("shard thread panicked"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}

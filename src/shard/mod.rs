@@ -1,0 +1,992 @@
+//! A shard: one thread, one driver, one listener, one connection slab, one timer wheel.
+//!
+//! The shard owns everything it touches and shares nothing: connections never leave the shard
+//! that accepted them. It turns driver completions into protocol calls (HTTP front, WebSocket
+//! core) and protocol output into queued sends; it never blocks.
+
+pub mod conn;
+pub mod per_ip;
+pub mod router;
+pub mod stats;
+pub mod timer;
+
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use slab::Slab;
+use socket2::{SockRef, Socket};
+
+use crate::config::{Limits, ServerConfig};
+use crate::driver::{ConnKey, Driver, Event, RecvStop};
+use crate::proto::close::{self, CloseFrame};
+use crate::proto::decoder::Event as WsEvent;
+use crate::proto::frame::{self, Opcode};
+use crate::proto::handshake;
+use crate::proto::http::{self, HEADER_COUNT_CEILING};
+use conn::{Conn, Phase, WebSocket, flag};
+use per_ip::PerIp;
+use router::{Endpoint, Routed};
+use stats::{ShardCounters, ShardStats};
+use timer::{Tick, TimerWheel, ms_to_ticks, tick_reached};
+
+/// Generations travel in 24 bits of io_uring user data.
+const GENERATION_MASK: u32 = 0x00ff_ffff;
+
+/// How long accepting pauses after EMFILE/ENFILE, so a full descriptor table does not spin.
+const ACCEPT_BACKOFF_MS: u32 = 100;
+
+/// What the shards and the admin listener share: flags set by the main thread, counters
+/// published by each shard.
+pub struct Shared {
+    /// Set on SIGTERM/SIGINT: readiness turns false and the shards drain.
+    pub stop: Arc<AtomicBool>,
+    pub counters: Vec<ShardCounters>,
+    pub driver_name: std::sync::OnceLock<&'static str>,
+}
+
+impl Shared {
+    pub fn new(stop: Arc<AtomicBool>, shards: usize) -> Self {
+        Self {
+            stop,
+            counters: (0..shards).map(|_| ShardCounters::default()).collect(),
+            driver_name: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub fn draining(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+pub struct Shard {
+    // Declared first so it drops first: in-flight operations reference memory the shard owns.
+    driver: Driver,
+    state: State,
+}
+
+struct State {
+    id: usize,
+    shared: Arc<Shared>,
+    config: Arc<ServerConfig>,
+    limits: Limits,
+    listener: Option<Socket>,
+    conns: Slab<Conn>,
+    wheel: TimerWheel,
+    epoch: Instant,
+    now: Tick,
+    next_generation: u32,
+    dirty: Vec<u32>,
+    due: Vec<(u32, Tick)>,
+    accept_paused_until: Option<Tick>,
+    accept_error_log: RateLimitedLog,
+    /// Connections held only to be refused (flag REJECTING).
+    rejecting: u32,
+    per_ip: Option<PerIp>,
+    /// Outbound bytes queued plus bytes held for reassembly, over all connections.
+    held_bytes: u64,
+    /// Set once draining began: when to give up waiting.
+    drain_deadline: Option<Tick>,
+    last_publish: Tick,
+    stats: ShardStats,
+}
+
+impl Shard {
+    pub fn new(
+        id: usize,
+        driver: Driver,
+        listener: Socket,
+        config: Arc<ServerConfig>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let limits = config.limits;
+        let per_ip = (limits.connections_per_ip_max > 0 || limits.handshakes_per_ip_per_s > 0)
+            .then(|| {
+                PerIp::new(
+                    limits.connections_per_ip_max,
+                    limits.handshakes_per_ip_per_s,
+                )
+            });
+        Self {
+            driver,
+            state: State {
+                id,
+                shared,
+                config,
+                limits,
+                listener: Some(listener),
+                // Reserve the address space for the whole per-shard limit up front; pages are
+                // only touched as connections arrive, so this costs no resident memory.
+                conns: Slab::with_capacity(
+                    (limits.connections_per_shard_max + limits.reject_overflow_max) as usize,
+                ),
+                wheel: TimerWheel::new(),
+                epoch: Instant::now(),
+                now: 0,
+                next_generation: 1,
+                dirty: Vec::with_capacity(1024),
+                due: Vec::new(),
+                accept_paused_until: None,
+                accept_error_log: RateLimitedLog::default(),
+                rejecting: 0,
+                per_ip,
+                held_bytes: 0,
+                drain_deadline: None,
+                last_publish: 0,
+                stats: ShardStats::default(),
+            },
+        }
+    }
+
+    pub fn driver_name(&self) -> &'static str {
+        self.driver.name()
+    }
+
+    /// Runs until drained. Each turn: wait for completions (at most one timer tick), handle at
+    /// most `completions_per_turn_max` of them, fire due timers, then submit the sends,
+    /// receives and closes they produced in one batch.
+    pub fn run(&mut self) -> io::Result<ShardStats> {
+        let tick = Duration::from_millis(timer::TICK_MS);
+        let max = self.state.limits.completions_per_turn_max;
+        loop {
+            if self.state.drain_deadline.is_none() && self.state.shared.draining() {
+                self.state.begin_drain(&mut self.driver);
+            }
+            if let Some(deadline) = self.state.drain_deadline {
+                if self.state.conns.is_empty() || tick_reached(deadline, self.state.now) {
+                    break;
+                }
+            } else {
+                self.state.resume_accept(&mut self.driver);
+            }
+            let state = &mut self.state;
+            self.driver.poll(tick, max, &mut |ev| state.on_event(ev))?;
+            self.state.stats.loop_turns += 1;
+            self.state.now =
+                (self.state.epoch.elapsed().as_millis() as u64 / timer::TICK_MS) as Tick;
+            self.state.fire_timers();
+            self.state.enforce_budget();
+            self.state.flush_dirty(&mut self.driver);
+            self.state.publish();
+        }
+        if !self.state.conns.is_empty() {
+            tracing::info!(
+                shard = self.state.id,
+                left = self.state.conns.len(),
+                "drain timeout: closing the remaining connections"
+            );
+        }
+        self.state.publish_now();
+        Ok(self.state.stats.clone())
+    }
+}
+
+impl State {
+    fn resume_accept(&mut self, driver: &mut Driver) {
+        if driver.accept_armed() {
+            return;
+        }
+        let Some(listener) = &self.listener else {
+            return;
+        };
+        if let Some(until) = self.accept_paused_until {
+            if !tick_reached(until, self.now) {
+                return;
+            }
+            self.accept_paused_until = None;
+        }
+        if let Err(e) = driver.arm_accept(listener.as_raw_fd()) {
+            self.accept_error_log
+                .warn(self.now, &format!("cannot arm accept: {e}"));
+            self.accept_paused_until = Some(self.now.wrapping_add(ms_to_ticks(ACCEPT_BACKOFF_MS)));
+        }
+    }
+
+    fn publish(&mut self) {
+        if self.last_publish != self.now {
+            self.publish_now();
+        }
+    }
+
+    fn publish_now(&mut self) {
+        self.last_publish = self.now;
+        self.stats.connections = self.conns.len() as u64;
+        if let Some(c) = self.shared.counters.get(self.id) {
+            c.publish(&self.stats);
+        }
+        if let Some(p) = &mut self.per_ip {
+            p.sweep(self.now);
+        }
+    }
+
+    /// SIGTERM/SIGINT: stop accepting, close idle HTTP connections, and send every WebSocket a
+    /// going-away close, spread over the first half of the drain window so clients do not all
+    /// reconnect in the same millisecond.
+    fn begin_drain(&mut self, driver: &mut Driver) {
+        let drain = ms_to_ticks(self.limits.drain_timeout_ms);
+        self.drain_deadline = Some(self.now.wrapping_add(drain));
+        if let Err(e) = driver.cancel_accept() {
+            tracing::debug!("cancel accept: {e}");
+        }
+        // Closing our listener leaves the port to the other shards while they drain too; the
+        // kernel stops queueing new connections to it.
+        self.listener = None;
+        let spread = (drain / 2).max(1);
+        let indices: Vec<u32> = self.conns.iter().map(|(i, _)| i as u32).collect();
+        let n = indices.len().max(1) as u64;
+        for (k, index) in indices.into_iter().enumerate() {
+            let conn = &mut self.conns[index as usize];
+            if conn.has(flag::SHUTDOWN | flag::CLOSE_AFTER_FLUSH) {
+                continue;
+            }
+            match &conn.phase {
+                Phase::Http(_) => self.close_after_flush(index),
+                Phase::WebSocket(ws) if !ws.close_sent => {
+                    conn.set(flag::DRAINING);
+                    let offset = (k as u64 * u64::from(spread) / n) as Tick;
+                    self.set_deadline_exact(index, self.now.wrapping_add(offset));
+                }
+                Phase::WebSocket(_) => {}
+            }
+        }
+        tracing::info!(shard = self.id, connections = self.conns.len(), "draining");
+    }
+
+    fn on_event(&mut self, ev: Event<'_>) {
+        match ev {
+            Event::Accepted(Ok(fd)) => self.on_accept(fd),
+            Event::Accepted(Err(e)) => self.on_accept_error(e),
+            Event::Received { key, data } => {
+                if let Some(index) = self.live(key) {
+                    self.stats.bytes_in += data.len() as u64;
+                    self.on_bytes(index, data);
+                }
+            }
+            Event::RecvStopped { key, why } => {
+                let Some(index) = self.live(key) else { return };
+                let conn = &mut self.conns[index as usize];
+                conn.clear(flag::RECV_ARMED);
+                match why {
+                    RecvStop::Rearm | RecvStop::Canceled => {}
+                    RecvStop::Eof => {
+                        conn.set(flag::PEER_EOF | flag::READ_DONE | flag::CLOSE_AFTER_FLUSH);
+                    }
+                    RecvStop::Error(_) => self.abort(index),
+                }
+                self.mark_dirty(index);
+            }
+            Event::Sent {
+                key,
+                result,
+                unsent,
+            } => {
+                let Some(index) = self.live(key) else { return };
+                let conn = &mut self.conns[index as usize];
+                conn.clear(flag::SEND_INFLIGHT);
+                match result {
+                    Ok(n) => {
+                        self.stats.bytes_out += n as u64;
+                        let done = (n as u64).min(u64::from(conn.outq_bytes));
+                        conn.outq_bytes -= done as u32;
+                        self.held_bytes = self.held_bytes.saturating_sub(done);
+                        if !conn.has(flag::SHUTDOWN) {
+                            for b in unsent.drain(..).rev() {
+                                conn.outq.push_front(b);
+                            }
+                        } else {
+                            self.held_bytes =
+                                self.held_bytes.saturating_sub(u64::from(conn.outq_bytes));
+                            conn.outq_bytes = 0;
+                        }
+                    }
+                    Err(_) => self.abort(index),
+                }
+                self.mark_dirty(index);
+            }
+        }
+    }
+
+    /// The slab index of `key` if it still names the connection it was issued for.
+    fn live(&self, key: ConnKey) -> Option<u32> {
+        let conn = self.conns.get(key.index as usize)?;
+        (conn.generation & GENERATION_MASK == key.generation & GENERATION_MASK).then_some(key.index)
+    }
+
+    fn mark_dirty(&mut self, index: u32) {
+        let conn = &mut self.conns[index as usize];
+        if !conn.has(flag::DIRTY) {
+            conn.set(flag::DIRTY);
+            self.dirty.push(index);
+        }
+    }
+
+    fn on_accept(&mut self, fd: OwnedFd) {
+        self.stats.accepted += 1;
+        // Small frames must not wait for Nagle; failure only costs latency.
+        let _ = SockRef::from(&fd).set_tcp_nodelay(true);
+        let live = self.conns.len() as u32 - self.rejecting;
+        let mut refusal = None;
+        let mut peer: Option<IpAddr> = None;
+        if self.drain_deadline.is_some() || live >= self.limits.connections_per_shard_max {
+            refusal = Some(503);
+        } else if let Some(per_ip) = &mut self.per_ip {
+            match SockRef::from(&fd)
+                .peer_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+            {
+                Some(addr) => {
+                    if per_ip.admit(addr.ip(), self.now) {
+                        peer = Some(addr.ip());
+                    } else {
+                        refusal = Some(429);
+                    }
+                }
+                None => refusal = Some(503),
+            }
+        }
+        if let Some(status) = refusal {
+            if self.rejecting >= self.limits.reject_overflow_max {
+                // Dropping the descriptor closes it.
+                self.stats.refused_unanswered += 1;
+                return;
+            }
+            if status == 429 {
+                self.stats.refused_per_ip += 1;
+            } else {
+                self.stats.refused_over_limit += 1;
+            }
+            let index = self.insert(fd);
+            self.conns[index as usize].set(flag::REJECTING);
+            self.rejecting += 1;
+            self.respond_error(index, status);
+            return;
+        }
+        let index = self.insert(fd);
+        if let (Some(ip), Some(per_ip)) = (peer, &mut self.per_ip) {
+            per_ip.bind(index, ip);
+        }
+        let at = self
+            .now
+            .wrapping_add(ms_to_ticks(self.limits.handshake_timeout_ms));
+        self.set_deadline(index, at);
+    }
+
+    fn insert(&mut self, fd: OwnedFd) -> u32 {
+        let generation = self.next_generation;
+        self.next_generation = (self.next_generation + 1) & GENERATION_MASK;
+        if self.next_generation == 0 {
+            self.next_generation = 1;
+        }
+        let index = self.conns.insert(Conn::new(fd, generation)) as u32;
+        self.conns[index as usize].last_activity = self.now;
+        self.mark_dirty(index);
+        index
+    }
+
+    /// Frees a connection's slot (its descriptor closes with it). Only once no operation is in
+    /// flight: the kernel may still own its buffers until then.
+    fn release(&mut self, index: u32) {
+        let conn = self.conns.remove(index as usize);
+        debug_assert!(!conn.has(flag::RECV_ARMED | flag::SEND_INFLIGHT));
+        self.held_bytes = self.held_bytes.saturating_sub(u64::from(conn.outq_bytes));
+        if let Phase::WebSocket(ws) = &conn.phase {
+            self.held_bytes = self
+                .held_bytes
+                .saturating_sub(ws.decoder.buffered_bytes() as u64);
+            self.stats.websockets = self.stats.websockets.saturating_sub(1);
+        }
+        if conn.has(flag::REJECTING) {
+            self.rejecting -= 1;
+        }
+        if let Some(per_ip) = &mut self.per_ip {
+            per_ip.unbind(index);
+        }
+    }
+
+    fn on_accept_error(&mut self, e: io::Error) {
+        self.stats.accept_errors += 1;
+        match e.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                // Out of descriptors or memory: pause accepting instead of spinning on the
+                // pending connection, and say so at most once a second.
+                self.accept_paused_until =
+                    Some(self.now.wrapping_add(ms_to_ticks(ACCEPT_BACKOFF_MS)));
+                self.accept_error_log.warn(
+                    self.now,
+                    &format!("accept failed: {e}; pausing accepts for {ACCEPT_BACKOFF_MS} ms"),
+                );
+            }
+            Some(libc::ECANCELED) => {}
+            _ => tracing::debug!("accept failed: {e}"),
+        }
+    }
+
+    fn on_bytes(&mut self, index: u32, data: &mut [u8]) {
+        let now = self.now;
+        let conn = &mut self.conns[index as usize];
+        if conn.has(flag::READ_DONE) {
+            return;
+        }
+        conn.last_activity = now;
+        match &mut conn.phase {
+            Phase::WebSocket(ws) => {
+                ws.ping_outstanding = false;
+                self.on_ws_bytes(index, data)
+            }
+            Phase::Http(h) => {
+                if let Some(mut pending) = h.pending.take() {
+                    self.held_bytes = self.held_bytes.saturating_sub(pending.len() as u64);
+                    let cap = 2 * self.limits.header_bytes_max + self.limits.body_bytes_max;
+                    if pending.len() + data.len() > cap {
+                        // More than one maximal request is waiting while the first is still
+                        // incomplete: the parser would refuse it anyway.
+                        self.respond_error(index, 431);
+                        return;
+                    }
+                    pending.extend_from_slice(data);
+                    let consumed = self.on_http_bytes(index, &mut pending);
+                    self.keep_pending(index, &pending[consumed..]);
+                } else {
+                    let consumed = self.on_http_bytes(index, data);
+                    self.keep_pending(index, &data[consumed..]);
+                }
+            }
+        }
+    }
+
+    /// Keeps the unparsed tail of an incomplete request for the next read.
+    fn keep_pending(&mut self, index: u32, rest: &[u8]) {
+        let conn = &mut self.conns[index as usize];
+        if rest.is_empty() || conn.has(flag::READ_DONE) {
+            return;
+        }
+        if let Phase::Http(h) = &mut conn.phase {
+            self.held_bytes += rest.len() as u64;
+            h.pending = Some(Box::new(rest.to_vec()));
+        }
+    }
+
+    /// Parses and answers every complete request in `input`; returns the bytes consumed. After an
+    /// upgrade the rest of `input` is WebSocket bytes and is handed to the decoder at once.
+    fn on_http_bytes(&mut self, index: u32, input: &mut [u8]) -> usize {
+        let http_limits = self.limits.http();
+        let draining = self.drain_deadline.is_some();
+        let mut pos = 0;
+        loop {
+            if self.conns[index as usize].has(flag::READ_DONE) {
+                return input.len();
+            }
+            if pos == input.len() {
+                return pos;
+            }
+            let mut headers = [httparse::EMPTY_HEADER; HEADER_COUNT_CEILING];
+            let outcome = match http::parse_head(&input[pos..], &mut headers, &http_limits) {
+                Ok(None) => return pos,
+                Err(e) => {
+                    self.respond_error(index, e.status());
+                    return input.len();
+                }
+                Ok(Some(head)) => {
+                    let total = head.head_len + head.content_length;
+                    if input.len() - pos < total {
+                        self.await_body(index);
+                        return pos;
+                    }
+                    let body = &input[pos + head.head_len..pos + total];
+                    let routed = router::route(&head, body, &self.config, draining);
+                    let mut out = Vec::with_capacity(256);
+                    let keep_alive = head.keep_alive && !draining;
+                    match routed {
+                        Routed::Upgrade(endpoint, accept) => {
+                            handshake::write_accept(&accept, &mut out);
+                            HttpOutcome::Upgrade(endpoint, total, out)
+                        }
+                        Routed::Reject(e) => {
+                            handshake::write_reject(&e, &mut out);
+                            HttpOutcome::Close(out)
+                        }
+                        Routed::Respond(r) => {
+                            http::write_response(r.status, r.headers, r.body, keep_alive, &mut out);
+                            if keep_alive {
+                                HttpOutcome::Next(total, out)
+                            } else {
+                                HttpOutcome::Close(out)
+                            }
+                        }
+                    }
+                }
+            };
+            match outcome {
+                HttpOutcome::Next(total, out) => {
+                    pos += total;
+                    self.stats.http_requests += 1;
+                    self.queue_control(index, Bytes::from(out));
+                    let idle = self
+                        .now
+                        .wrapping_add(ms_to_ticks(self.limits.http_idle_timeout_ms));
+                    if let Phase::Http(h) = &mut self.conns[index as usize].phase {
+                        h.awaiting_body = false;
+                        h.answered = true;
+                    }
+                    self.set_deadline_exact(index, idle);
+                }
+                HttpOutcome::Close(out) => {
+                    self.stats.http_requests += 1;
+                    self.queue_control(index, Bytes::from(out));
+                    self.close_after_flush(index);
+                    return input.len();
+                }
+                HttpOutcome::Upgrade(endpoint, total, out) => {
+                    pos += total;
+                    self.stats.handshakes += 1;
+                    self.stats.websockets += 1;
+                    self.queue_control(index, Bytes::from(out));
+                    let conn = &mut self.conns[index as usize];
+                    conn.phase = Phase::WebSocket(WebSocket {
+                        decoder: Default::default(),
+                        endpoint,
+                        close_sent: false,
+                        close_received: false,
+                        ping_outstanding: false,
+                    });
+                    let at = self.now.wrapping_add(ms_to_ticks(self.limits.idle_ping_ms));
+                    self.set_deadline_exact(index, at);
+                    // Bytes after the request in the same read are the first frames.
+                    self.on_ws_bytes(index, &mut input[pos..]);
+                    return input.len();
+                }
+            }
+        }
+    }
+
+    fn await_body(&mut self, index: u32) {
+        let at = self
+            .now
+            .wrapping_add(ms_to_ticks(self.limits.http_body_timeout_ms));
+        if let Phase::Http(h) = &mut self.conns[index as usize].phase
+            && !h.awaiting_body
+        {
+            h.awaiting_body = true;
+            self.set_deadline_exact(index, at);
+        }
+    }
+
+    /// Answers with a bare status (a request that could not be parsed, a refusal), then closes.
+    fn respond_error(&mut self, index: u32, status: u16) {
+        let mut out = Vec::with_capacity(160);
+        let body = http::reason_phrase(status).as_bytes();
+        let mut headers: Vec<(&str, &str)> = vec![("Content-Type", "text/plain; charset=utf-8")];
+        if matches!(status, 429 | 503) {
+            headers.push(("Retry-After", "1"));
+        }
+        http::write_response(status, &headers, body, false, &mut out);
+        self.queue_control(index, Bytes::from(out));
+        self.close_after_flush(index);
+    }
+
+    fn on_ws_bytes(&mut self, index: u32, input: &mut [u8]) {
+        let limits = self.limits.decoder();
+        let outbound_max = self.limits.outbound_bytes_max;
+        let conn = &mut self.conns[index as usize];
+        let Conn {
+            phase,
+            outq,
+            outq_bytes,
+            flags,
+            ..
+        } = conn;
+        let Phase::WebSocket(ws) = phase else { return };
+        let held_before = ws.decoder.buffered_bytes() as u64 + u64::from(*outq_bytes);
+        let mut pos = 0;
+        let mut failure: Option<u16> = None;
+        let mut close_after = false;
+        while pos < input.len() && failure.is_none() && !close_after {
+            let (n, ev) = match ws.decoder.handle_bytes(&mut input[pos..], &limits) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.stats.protocol_errors += 1;
+                    failure = Some(e.close_code());
+                    break;
+                }
+            };
+            pos += n;
+            let Some(ev) = ev else { break };
+            let text = matches!(ev, WsEvent::Text(_));
+            match ev {
+                WsEvent::Text(p) | WsEvent::Binary(p) if !ws.close_sent => {
+                    self.stats.messages_in += 1;
+                    let opcode = if text { Opcode::Text } else { Opcode::Binary };
+                    match ws.endpoint {
+                        Endpoint::Echo => {
+                            let mut out = Vec::with_capacity(p.len() + frame::MAX_HEADER_BYTES);
+                            frame::encode_frame(opcode, p, &mut out);
+                            if !push_limited(outq, outq_bytes, Bytes::from(out), outbound_max) {
+                                self.stats.slow_consumer_closes += 1;
+                                failure = Some(close::POLICY_VIOLATION);
+                            }
+                        }
+                    }
+                }
+                WsEvent::Text(_) | WsEvent::Binary(_) => {}
+                WsEvent::Ping(p) => {
+                    if !ws.close_sent {
+                        let mut out = Vec::with_capacity(p.len() + 2);
+                        frame::encode_frame(Opcode::Pong, p, &mut out);
+                        if !push_limited(outq, outq_bytes, Bytes::from(out), outbound_max) {
+                            self.stats.slow_consumer_closes += 1;
+                            failure = Some(close::POLICY_VIOLATION);
+                        }
+                    }
+                }
+                WsEvent::Pong(_) => {}
+                WsEvent::Close(CloseFrame { code, .. }) => {
+                    // RFC 6455 §5.5.1: answer a close with a close (echoing its code), then the
+                    // server closes TCP.
+                    ws.close_received = true;
+                    if !ws.close_sent {
+                        ws.close_sent = true;
+                        let mut out = Vec::with_capacity(4);
+                        match code {
+                            Some(code) => frame::encode_close(code, "", &mut out),
+                            None => frame::encode_frame(Opcode::Close, &[], &mut out),
+                        }
+                        push_unlimited(outq, outq_bytes, Bytes::from(out));
+                    }
+                    close_after = true;
+                }
+            }
+        }
+        if let Some(code) = failure {
+            // RFC 6455 §7.1.7: fail the connection: send a close with the code, then close TCP.
+            if !ws.close_sent {
+                ws.close_sent = true;
+                let mut out = Vec::with_capacity(4);
+                frame::encode_close(code, "", &mut out);
+                push_unlimited(outq, outq_bytes, Bytes::from(out));
+            }
+            close_after = true;
+        }
+        let held_after = ws.decoder.buffered_bytes() as u64 + u64::from(*outq_bytes);
+        self.held_bytes = (self.held_bytes + held_after).saturating_sub(held_before);
+        if close_after {
+            *flags |= flag::READ_DONE;
+            self.close_after_flush(index);
+        } else {
+            self.mark_dirty(index);
+        }
+    }
+
+    /// Queues protocol output that is small and bounded by construction (HTTP answers, control
+    /// frames).
+    fn queue_control(&mut self, index: u32, bytes: Bytes) {
+        let conn = &mut self.conns[index as usize];
+        self.held_bytes += bytes.len() as u64;
+        push_unlimited(&mut conn.outq, &mut conn.outq_bytes, bytes);
+        self.mark_dirty(index);
+    }
+
+    /// Stops reading, flushes what is queued, then shuts the write side and waits (bounded by the
+    /// close timeout) for the peer to close: a lingering close, so the last bytes are not lost
+    /// to a reset.
+    fn close_after_flush(&mut self, index: u32) {
+        let at = self
+            .now
+            .wrapping_add(ms_to_ticks(self.limits.close_timeout_ms));
+        let conn = &mut self.conns[index as usize];
+        conn.set(flag::READ_DONE | flag::CLOSE_AFTER_FLUSH);
+        if let Phase::Http(h) = &mut conn.phase
+            && let Some(p) = h.pending.take()
+        {
+            self.held_bytes = self.held_bytes.saturating_sub(p.len() as u64);
+        }
+        self.set_deadline_exact(index, at);
+        self.mark_dirty(index);
+    }
+
+    /// Closes both directions now; the slot is freed once no operation is in flight.
+    fn abort(&mut self, index: u32) {
+        let conn = &mut self.conns[index as usize];
+        if conn.has(flag::SHUTDOWN) {
+            return;
+        }
+        // Wakes an armed receive (it completes with 0) and fails an in-flight send.
+        let _ = SockRef::from(&conn.fd).shutdown(std::net::Shutdown::Both);
+        conn.set(flag::SHUTDOWN | flag::READ_DONE);
+        // Bytes in flight stay counted until their completion; the rest is dropped now.
+        let queued: u64 = conn.outq.iter().map(|b| b.len() as u64).sum();
+        conn.outq.clear();
+        conn.outq_bytes = conn.outq_bytes.saturating_sub(queued as u32);
+        self.held_bytes = self.held_bytes.saturating_sub(queued);
+        conn.deadline = 0;
+        match &mut conn.phase {
+            Phase::Http(h) => {
+                if let Some(p) = h.pending.take() {
+                    self.held_bytes = self.held_bytes.saturating_sub(p.len() as u64);
+                }
+            }
+            Phase::WebSocket(ws) => {
+                let buffered = ws.decoder.buffered_bytes() as u64;
+                ws.decoder = Default::default();
+                self.held_bytes = self.held_bytes.saturating_sub(buffered);
+            }
+        }
+        self.mark_dirty(index);
+    }
+
+    /// Sets the deadline to exactly `at` (earlier or later than before).
+    fn set_deadline_exact(&mut self, index: u32, at: Tick) {
+        self.conns[index as usize].deadline = 0;
+        self.set_deadline(index, at);
+    }
+
+    fn set_deadline(&mut self, index: u32, at: Tick) {
+        let at = if at == 0 { 1 } else { at };
+        let conn = &mut self.conns[index as usize];
+        conn.deadline = at;
+        if conn.queued_tick == 0 || !tick_reached(conn.queued_tick, at) {
+            conn.queued_tick = at;
+            self.wheel.insert(index, at);
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let mut due = std::mem::take(&mut self.due);
+        self.wheel.advance(self.now, &mut due);
+        for (index, tick) in due.drain(..) {
+            let Some(conn) = self.conns.get_mut(index as usize) else {
+                continue;
+            };
+            if conn.queued_tick != tick {
+                continue;
+            }
+            conn.queued_tick = 0;
+            if conn.deadline == 0 {
+                continue;
+            }
+            if tick_reached(conn.deadline, self.now) {
+                conn.deadline = 0;
+                self.on_timeout(index);
+            } else {
+                conn.queued_tick = conn.deadline;
+                self.wheel.insert(index, conn.deadline);
+            }
+        }
+        self.due = due;
+    }
+
+    fn on_timeout(&mut self, index: u32) {
+        let now = self.now;
+        let idle_ping = ms_to_ticks(self.limits.idle_ping_ms);
+        let conn = &mut self.conns[index as usize];
+        let closing = conn.has(flag::CLOSE_AFTER_FLUSH | flag::SHUTDOWN);
+        let draining = conn.has(flag::DRAINING);
+        let last_activity = conn.last_activity;
+        let Phase::WebSocket(ws) = &mut conn.phase else {
+            // Handshake, idle and body timeouts, and closes that never completed.
+            self.stats.timeouts += 1;
+            self.abort(index);
+            return;
+        };
+        if closing || ws.close_sent {
+            self.stats.timeouts += 1;
+            self.abort(index);
+        } else if draining {
+            conn.clear(flag::DRAINING);
+            self.send_close(index, close::GOING_AWAY);
+        } else if ws.ping_outstanding {
+            self.stats.pong_timeouts += 1;
+            self.abort(index);
+        } else if !tick_reached(last_activity.wrapping_add(idle_ping), now) {
+            self.set_deadline(index, last_activity.wrapping_add(idle_ping));
+        } else {
+            // RFC 6455 §5.5.2: a ping as a keepalive; any inbound traffic answers it.
+            ws.ping_outstanding = true;
+            self.stats.pings_sent += 1;
+            let mut out = Vec::with_capacity(2);
+            frame::encode_frame(Opcode::Ping, &[], &mut out);
+            self.queue_control(index, Bytes::from(out));
+            let at = now.wrapping_add(ms_to_ticks(self.limits.pong_timeout_ms));
+            self.set_deadline(index, at);
+        }
+    }
+
+    /// Starts the close handshake from our side with `code`.
+    fn send_close(&mut self, index: u32, code: u16) {
+        let conn = &mut self.conns[index as usize];
+        if let Phase::WebSocket(ws) = &mut conn.phase {
+            if ws.close_sent {
+                return;
+            }
+            ws.close_sent = true;
+        }
+        let mut out = Vec::with_capacity(4);
+        frame::encode_close(code, "", &mut out);
+        self.queue_control(index, Bytes::from(out));
+        self.close_after_flush(index);
+    }
+
+    /// Over the shard's memory budget: close the connections holding the most until it is back
+    /// under 90% of it. Rare by design, so a scan is fine.
+    fn enforce_budget(&mut self) {
+        let budget = self.limits.memory_budget_bytes;
+        if self.held_bytes <= budget {
+            return;
+        }
+        let mut holders: Vec<(u64, u32)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !c.has(flag::SHUTDOWN))
+            .map(|(i, c)| {
+                let reassembly = match &c.phase {
+                    Phase::WebSocket(ws) => ws.decoder.buffered_bytes() as u64,
+                    Phase::Http(h) => h.pending.as_ref().map_or(0, |p| p.len() as u64),
+                };
+                (u64::from(c.outq_bytes) + reassembly, i as u32)
+            })
+            .collect();
+        holders.sort_unstable_by(|a, b| b.cmp(a));
+        let target = budget / 10 * 9;
+        for (held, index) in holders {
+            if self.held_bytes <= target || held == 0 {
+                break;
+            }
+            self.stats.budget_closes += 1;
+            self.abort(index);
+        }
+        tracing::warn!(
+            shard = self.id,
+            budget,
+            held = self.held_bytes,
+            "memory budget exceeded: closed the largest holders"
+        );
+    }
+
+    fn flush_dirty(&mut self, driver: &mut Driver) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for index in dirty.drain(..) {
+            let Some(conn) = self.conns.get_mut(index as usize) else {
+                continue;
+            };
+            conn.clear(flag::DIRTY);
+            let key = ConnKey {
+                index,
+                generation: conn.generation,
+            };
+            if conn.has(flag::SHUTDOWN) {
+                self.release_if_idle(index);
+                continue;
+            }
+            if !conn.outq.is_empty() && !conn.has(flag::SEND_INFLIGHT) {
+                match driver.send(key, conn.fd.as_raw_fd(), &mut conn.outq) {
+                    Ok(()) => {
+                        self.stats.sends += 1;
+                        conn.set(flag::SEND_INFLIGHT);
+                    }
+                    Err(e) => {
+                        tracing::debug!("send submit failed: {e}");
+                        self.abort(index);
+                        continue;
+                    }
+                }
+            }
+            let conn = &mut self.conns[index as usize];
+            let flushed = conn.outq.is_empty() && !conn.has(flag::SEND_INFLIGHT);
+            if conn.has(flag::CLOSE_AFTER_FLUSH) && flushed {
+                if conn.has(flag::PEER_EOF) {
+                    self.abort(index);
+                    self.release_if_idle(index);
+                    continue;
+                }
+                if !conn.has(flag::WRITE_SHUT) {
+                    let _ = SockRef::from(&conn.fd).shutdown(std::net::Shutdown::Write);
+                    conn.set(flag::WRITE_SHUT);
+                }
+            }
+            let conn = &mut self.conns[index as usize];
+            if !conn.has(flag::RECV_ARMED | flag::PEER_EOF | flag::SHUTDOWN) {
+                match driver.arm_recv(key, conn.fd.as_raw_fd()) {
+                    Ok(()) => conn.set(flag::RECV_ARMED),
+                    Err(e) => {
+                        tracing::debug!("recv submit failed: {e}");
+                        self.abort(index);
+                        self.release_if_idle(index);
+                    }
+                }
+            }
+        }
+        // Connections marked dirty during this pass (aborts) are handled on the next turn.
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    fn release_if_idle(&mut self, index: u32) {
+        let conn = &self.conns[index as usize];
+        if conn.has(flag::SHUTDOWN) && !conn.has(flag::RECV_ARMED | flag::SEND_INFLIGHT) {
+            self.release(index);
+        }
+    }
+}
+
+enum HttpOutcome {
+    /// Answered; `usize` bytes consumed; read the next request.
+    Next(usize, Vec<u8>),
+    /// Answer, then close.
+    Close(Vec<u8>),
+    /// Switch to WebSocket after `usize` bytes.
+    Upgrade(Endpoint, usize, Vec<u8>),
+}
+
+fn push_limited(
+    outq: &mut std::collections::VecDeque<Bytes>,
+    outq_bytes: &mut u32,
+    bytes: Bytes,
+    max: usize,
+) -> bool {
+    // A reader is over its limit when it is more than `max` behind: an empty queue always takes
+    // one message (at most `max_message_bytes`), so an echo of a large message still works.
+    if *outq_bytes > 0 && *outq_bytes as usize + bytes.len() > max {
+        return false;
+    }
+    push_unlimited(outq, outq_bytes, bytes);
+    true
+}
+
+fn push_unlimited(
+    outq: &mut std::collections::VecDeque<Bytes>,
+    outq_bytes: &mut u32,
+    bytes: Bytes,
+) {
+    *outq_bytes = outq_bytes.saturating_add(bytes.len() as u32);
+    outq.push_back(bytes);
+}
+
+/// Logs a warning at most once a second, counting what it suppressed.
+#[derive(Default)]
+struct RateLimitedLog {
+    last: Option<Tick>,
+    suppressed: u64,
+}
+
+impl RateLimitedLog {
+    fn warn(&mut self, now: Tick, msg: &str) {
+        let second = ms_to_ticks(1000);
+        match self.last {
+            Some(last) if !tick_reached(last.wrapping_add(second), now) => self.suppressed += 1,
+            _ => {
+                if self.suppressed > 0 {
+                    tracing::warn!("{msg} ({} similar messages suppressed)", self.suppressed);
+                } else {
+                    tracing::warn!("{msg}");
+                }
+                self.last = Some(now);
+                self.suppressed = 0;
+            }
+        }
+    }
+}
