@@ -31,12 +31,13 @@ async fn stdout_carries_exactly_one_line_the_listening_line() {
         server.wait_exit(Duration::from_secs(20)).await;
         // Let the stdout reader see EOF.
         tokio::time::sleep(Duration::from_millis(200)).await;
+        // stdout carries the admin line, then the listening line, nothing else (logs go to
+        // stderr).
         let expected = format!("{LISTENING_PREFIX}{}", server.addr);
-        assert_eq!(
-            server.stdout_lines(),
-            vec![expected],
-            "stdout must be the listening line only"
-        );
+        let lines = server.stdout_lines();
+        assert_eq!(lines.len(), 2, "stdout: {lines:?}");
+        assert!(lines[0].starts_with("ringcast: admin on 127.0.0.1:"), "stdout: {lines:?}");
+        assert_eq!(lines[1], expected, "stdout: {lines:?}");
     })
     .await
 }

@@ -136,9 +136,10 @@ async fn message_at_max_message_fragments_is_echoed_and_one_more_closes_with_100
     within(TEST_TIMEOUT, async {
         let server = Server::echo(&["--max-message-fragments", "4"]).await;
         let mut conn = server.upgraded().await;
-        conn.send(&fragments(OP_TEXT, &[1, 1, 1, 1])).await;
-        assert_eq!(conn.read_message().await, (OP_TEXT, b"ffff".to_vec()));
+        // The limit counts continuation frames: an opening frame plus four continuations fit.
         conn.send(&fragments(OP_TEXT, &[1, 1, 1, 1, 1])).await;
+        assert_eq!(conn.read_message().await, (OP_TEXT, b"fffff".to_vec()));
+        conn.send(&fragments(OP_TEXT, &[1, 1, 1, 1, 1, 1])).await;
         conn.expect_close(1009).await;
 
         // Empty fragments count too: they cost a header each.
@@ -150,11 +151,12 @@ async fn message_at_max_message_fragments_is_echoed_and_one_more_closes_with_100
 }
 
 #[tokio::test]
-async fn message_over_default_65536_fragments_closes_with_1009() {
+async fn message_over_default_65536_continuations_closes_with_1009() {
     within(TEST_TIMEOUT, async {
         let server = Server::echo(&[]).await;
         let mut conn = server.upgraded().await;
-        conn.send_while_reading(&fragments(OP_BINARY, &[0; 65_537]))
+        // An opening frame and 65,537 continuations: one past the default.
+        conn.send_while_reading(&fragments(OP_BINARY, &[0; 65_538]))
             .await
             .ok();
         conn.expect_close(1009).await;
