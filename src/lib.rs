@@ -2,5 +2,7 @@
 //!
 //! Module map (dependencies point one way, see ../shared/STYLE.md):
 //! - [`proto`]: sans-IO RFC 6455 and HTTP/1.1 request parsing. No sockets, no clocks, no unsafe.
+//! - [`ops`]: operations; [`ops::doctor`] checks the host against `tuning/README.md`.
 
+pub mod ops;
 pub mod proto;
