@@ -2,7 +2,8 @@
 //!
 //! Owns three steps, kept apart so that each can be tested alone:
 //! 1. [`HostFacts::read`] reads the host: sysctls and `/proc` files under a proc root (normally
-//!    `/proc`; tests and `--proc-root` pass a fake one), rlimits from `<root>/self/limits`.
+//!    `/proc`; tests and `--proc-root` pass a fake one); rlimits, cores and the kernel release
+//!    from files under that root when present, else from the live process (rustix, std).
 //! 2. [`evaluate`] judges the facts against [`Requirements`] and returns a [`Report`]: one
 //!    [`Check`] per setting, and the memory [`Budget`]. It is pure: no I/O.
 //! 3. [`Report::to_table`] / [`Report::to_json`] render it; [`Report::exit_code`] maps it to 0, 1
@@ -40,6 +41,8 @@ use std::fmt;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
+
+use rustix::process::Resource;
 
 /// Exit code for usage errors, as everywhere in ringcast (BSD `EX_USAGE`). The CLI uses it; the
 /// checks never produce it.
@@ -188,7 +191,7 @@ pub struct Rlimit {
 /// otherwise; the checks report an unreadable value as WARN.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostFacts {
-    /// `sys/kernel/osrelease`, e.g. "6.8.0-45-generic".
+    /// `sys/kernel/osrelease`, else `uname`'s release, e.g. "6.8.0-45-generic".
     pub kernel_release: Option<String>,
     /// CPUs this process may run on (`Cpus_allowed_list` in `self/status`, else
     /// `std::thread::available_parallelism`, else 1).
@@ -199,9 +202,9 @@ pub struct HostFacts {
     pub mem_total_bytes: Option<u64>,
     /// `MemAvailable` from `meminfo`, in bytes (absent before Linux 3.14).
     pub mem_available_bytes: Option<u64>,
-    /// RLIMIT_NOFILE ("Max open files" in `self/limits`).
+    /// RLIMIT_NOFILE: "Max open files" in `self/limits`, else this process's `getrlimit`.
     pub nofile: Option<Rlimit>,
-    /// RLIMIT_MEMLOCK ("Max locked memory" in `self/limits`), in bytes.
+    /// RLIMIT_MEMLOCK in bytes: "Max locked memory" in `self/limits`, else `getrlimit`.
     pub memlock: Option<Rlimit>,
     /// `fs.nr_open`: the ceiling for any process's RLIMIT_NOFILE.
     pub fs_nr_open: Option<u64>,
@@ -236,9 +239,12 @@ impl HostFacts {
     /// Reads the host under `proc_root` (normally `/proc`). Never fails: a file that cannot be read
     /// leaves its field `None`, and the check that needs it warns.
     ///
-    /// rlimits come from `<proc_root>/self/limits` (same format as the real file), so on the real
-    /// root they are this process's limits and a fake root can set them. `io_uring` is the driver's
-    /// probe result.
+    /// Files read, relative to `proc_root`: `sys/<key with dots as slashes>` for each sysctl,
+    /// `meminfo`, `net/sockstat`, and the optional overrides `self/limits` (rlimits, same format as
+    /// the real file), `self/status` (`Cpus_allowed_list`), `self/smaps` (`KernelPageSize`) and
+    /// `sys/kernel/osrelease`. Without an override the value comes from the live process:
+    /// `getrlimit`, `std::thread::available_parallelism`, 4096, `uname`. On the real `/proc` both
+    /// sources agree. `io_uring` is the driver's probe result, passed through.
     pub fn read(proc_root: &Path, io_uring: Result<(), String>) -> HostFacts {
         let sys = |key: &str| proc_root.join("sys").join(key.replace('.', "/"));
         let limits = fs::read_to_string(proc_root.join("self/limits")).ok();
@@ -250,7 +256,8 @@ impl HostFacts {
             kernel_release: fs::read_to_string(sys("kernel.osrelease"))
                 .ok()
                 .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty()),
+                .filter(|s| !s.is_empty())
+                .or_else(live_kernel_release),
             cores: read_cores(proc_root),
             page_bytes: read_page_bytes(proc_root).unwrap_or(4096),
             mem_total_bytes: meminfo
@@ -261,10 +268,12 @@ impl HostFacts {
                 .and_then(|m| meminfo_bytes(m, "MemAvailable")),
             nofile: limits
                 .as_deref()
-                .and_then(|l| parse_limit(l, "Max open files")),
+                .and_then(|l| parse_limit(l, "Max open files"))
+                .or_else(|| Some(live_rlimit(Resource::Nofile))),
             memlock: limits
                 .as_deref()
-                .and_then(|l| parse_limit(l, "Max locked memory")),
+                .and_then(|l| parse_limit(l, "Max locked memory"))
+                .or_else(|| Some(live_rlimit(Resource::Memlock))),
             fs_nr_open: read_u64(&sys("fs.nr_open")),
             fs_file_max: read_u64(&sys("fs.file-max")),
             fs_files_open: read_fields::<3>(&sys("fs.file-nr")).map(|f| f[0]),
@@ -1107,6 +1116,22 @@ fn parse_limit(limits: &str, row: &str) -> Option<Rlimit> {
     Some(Rlimit { soft, hard })
 }
 
+fn live_rlimit(resource: Resource) -> Rlimit {
+    let limit = rustix::process::getrlimit(resource);
+    // rustix maps RLIM_INFINITY to None.
+    let value = |v: Option<u64>| v.map_or(LimitValue::Unlimited, LimitValue::Finite);
+    Rlimit {
+        soft: value(limit.current),
+        hard: value(limit.maximum),
+    }
+}
+
+fn live_kernel_release() -> Option<String> {
+    let uname = rustix::system::uname();
+    let release = uname.release().to_str().ok()?.trim();
+    (!release.is_empty()).then(|| release.to_string())
+}
+
 /// `TCP: inuse 5 orphan 0 tw 0 alloc 7 mem 1` in /proc/net/sockstat.
 fn sockstat_tcp(sockstat: &str, key: &str) -> Option<u64> {
     let rest = sockstat.lines().find_map(|l| l.strip_prefix("TCP:"))?;
@@ -1414,10 +1439,26 @@ mod tests {
     }
 
     #[test]
-    fn missing_limits_file_warns_unknown() {
+    fn missing_overrides_fall_back_to_the_live_process() {
         let root = FakeRoot::healthy();
         root.remove("self/limits");
-        let report = evaluate(&root.facts(), &Requirements::new(MILLION));
+        root.remove("sys/kernel/osrelease");
+        let facts = root.facts();
+        let live = rustix::process::getrlimit(Resource::Nofile);
+        let live = live
+            .current
+            .map_or(LimitValue::Unlimited, LimitValue::Finite);
+        assert_eq!(facts.nofile.map(|l| l.soft), Some(live));
+        assert!(facts.memlock.is_some());
+        assert!(facts.kernel_release.is_some());
+    }
+
+    #[test]
+    fn unknown_rlimits_warn() {
+        let root = FakeRoot::healthy();
+        let mut facts = root.facts();
+        facts.nofile = None;
+        let report = evaluate(&facts, &Requirements::new(MILLION));
         let c = check(&report, "RLIMIT_NOFILE soft");
         assert_eq!((c.status, c.current.as_str()), (Status::Warn, "unknown"));
         assert!(c.fix.contains("self/limits"));
