@@ -1883,10 +1883,12 @@ mod tests {
         assert!(facts.mem_total_bytes.is_some(), "{facts:?}");
         assert!(facts.fs_nr_open.is_some(), "{facts:?}");
         assert!(facts.cores >= 1);
-        let report = evaluate(&facts, &Requirements::new(10_000));
-        assert_eq!(report.checks.len(), 17);
-        assert!(json::parse(&report.to_json()).is_some());
-        println!("{}", report.to_table());
+        for n in [10_000, MILLION] {
+            let report = evaluate(&facts, &Requirements::new(n));
+            assert_eq!(report.checks.len(), 17);
+            assert!(json::parse(&report.to_json()).is_some());
+            println!("{}", report.to_table());
+        }
     }
 
     /// A minimal JSON reader, enough to check that `to_json` is well formed (no dev-deps).
