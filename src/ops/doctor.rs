@@ -79,7 +79,9 @@ pub const NOFILE_RECOMMENDED_MIN: u64 = 65_536;
 /// charges rings to the memory cgroup instead of RLIMIT_MEMLOCK.
 pub const URING_MEMLOCK_BYTES_PER_SHARD: u64 = 1 << 20;
 
-/// The first kernel that stops charging io_uring memory to RLIMIT_MEMLOCK.
+/// The first kernel that charges io_uring's rings to the memory cgroup instead of RLIMIT_MEMLOCK.
+/// (Registered fixed buffers still count against RLIMIT_MEMLOCK on every kernel; ringcast's
+/// provided-buffer rings are not registered buffers.)
 pub const URING_MEMCG_KERNEL: (u32, u32) = (5, 12);
 
 /// The memory budget may use this percentage of MemAvailable before the check warns: the rest is
@@ -807,7 +809,7 @@ fn check_memlock(facts: &HostFacts, req: &Requirements) -> Check {
         return Check {
             name,
             current,
-            needed: "any (kernel >= 5.12 charges io_uring to the memory cgroup)".into(),
+            needed: "any (kernel >= 5.12 charges io_uring rings to the memory cgroup)".into(),
             status: Status::Ok,
             fix: String::new(),
         };
