@@ -8,6 +8,7 @@
 //! - [`shard`]: the thread-per-core loop: connections, timers, HTTP routes, WebSocket state.
 //! - [`server`]: listeners, shard threads, signals.
 //! - [`admin`]: the admin listener (`/stats`, `/ready`), off the public port.
+//! - [`ops`]: operations; [`ops::doctor`] checks the host against `tuning/README.md`.
 
 pub mod admin;
 #[allow(unsafe_code)]
@@ -15,6 +16,7 @@ pub mod buf;
 pub mod config;
 #[allow(unsafe_code)]
 pub mod driver;
+pub mod ops;
 pub mod proto;
 pub mod server;
 pub mod settings;
