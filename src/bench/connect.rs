@@ -899,6 +899,9 @@ mod tests {
         Upgrade,
         /// `HTTP/1.1 503`, then close.
         Status503,
+        /// A correct 101 with a Ping and a Close(1001) behind it in the same write; expects a
+        /// masked Pong and then a masked Close back.
+        PingThenClose,
     }
 
     /// A tiny blocking WebSocket acceptor: one thread per connection, exactly `count` accepts.
@@ -948,14 +951,21 @@ mod tests {
                 let _ = stream.write_all(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n");
                 return false;
             }
-            Answer::Upgrade => {
+            Answer::Upgrade | Answer::PingThenClose => {
                 let response = format!(
                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
                      Connection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
                     accept_for_key(&key)
                 );
-                stream.write_all(response.as_bytes()).unwrap();
+                let mut bytes = response.into_bytes();
+                if matches!(answer, Answer::PingThenClose) {
+                    bytes.extend_from_slice(&[0x89, 0x02, b'h', b'i', 0x88, 0x02, 0x03, 0xE9]);
+                }
+                stream.write_all(&bytes).unwrap();
             }
+        }
+        if matches!(answer, Answer::PingThenClose) {
+            return expect_pong_then_close(&mut stream, buf);
         }
         loop {
             if let Ok(Some(header)) = frame::decode_header(&buf) {
@@ -974,6 +984,36 @@ mod tests {
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         }
+    }
+
+    /// Reads client frames: true when a masked Pong "hi" and then a masked Close 1001 arrive.
+    fn expect_pong_then_close(stream: &mut TcpStream, mut buf: Vec<u8>) -> bool {
+        let mut chunk = [0u8; 1024];
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            if let Ok(Some(header)) = frame::decode_header(&buf) {
+                let end = header.header_bytes + header.payload_bytes as usize;
+                if buf.len() >= end {
+                    let Some(mask) = header.mask else {
+                        return false;
+                    };
+                    let mut payload = buf[header.header_bytes..end].to_vec();
+                    frame::apply_mask(&mut payload, mask, 0);
+                    seen.push((header.opcode, payload));
+                    buf.drain(..end);
+                    continue;
+                }
+            }
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        // Closing TCP here, after the Close exchange, is the server's part (RFC 6455 §7.1.1).
+        seen == [
+            (Opcode::Pong, b"hi".to_vec()),
+            (Opcode::Close, vec![0x03, 0xE9]),
+        ]
     }
 
     fn args_for(addr: SocketAddr, connections: u32) -> ConnectArgs {
@@ -999,6 +1039,23 @@ mod tests {
             acceptor.join().unwrap(),
             50,
             "every connection sent a masked Close"
+        );
+    }
+
+    #[test]
+    fn server_close_during_hold_is_answered_and_counted_as_ended_early() {
+        let (addr, acceptor) = spawn_acceptor(10, Answer::PingThenClose);
+        let mut args = args_for(addr, 10);
+        args.hold_s = 1;
+        let report = run_connect(&args).unwrap();
+        assert_eq!(report.connected, 10, "{}", report.to_text());
+        assert_eq!(report.dropped_before_close, 10, "{}", report.to_text());
+        assert_eq!(report.closed_clean + report.closed_unclean, 0);
+        assert!(report.hold >= Duration::from_secs(1), "{report:?}");
+        assert_eq!(
+            acceptor.join().unwrap(),
+            10,
+            "every client sent Pong then Close"
         );
     }
 
