@@ -42,17 +42,31 @@ pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (RFC 6455 §4.2.2 step 5.4):
 /// base64(SHA-1(key + GUID)).
 pub fn accept_for_key(key: &str) -> String {
+    String::from_utf8_lossy(&accept_bytes(key.as_bytes())).into_owned()
+}
+
+/// Base64 of a 20-byte SHA-1 digest: always 28 characters.
+const ACCEPT_BYTES: usize = 28;
+
+/// Base64 of a 16-byte nonce: always 24 characters.
+const KEY_BYTES: usize = 24;
+
+fn accept_bytes(key: &[u8]) -> [u8; ACCEPT_BYTES] {
     let mut sha = Sha1::new();
-    sha.update(key.as_bytes());
+    sha.update(key);
     sha.update(WEBSOCKET_GUID.as_bytes());
-    BASE64.encode(sha.finalize())
+    let mut accept = [0u8; ACCEPT_BYTES];
+    let written = BASE64.encode_slice(sha.finalize(), &mut accept);
+    debug_assert_eq!(written, Ok(ACCEPT_BYTES));
+    accept
 }
 
 /// The client half of the opening handshake: the key it sent and the accept value it expects.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Fixed-size arrays, so a connection carries no handshake allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientHandshake {
-    key: String,
-    accept: String,
+    key: [u8; KEY_BYTES],
+    accept: [u8; ACCEPT_BYTES],
 }
 
 /// Why a server's handshake response was rejected.
@@ -86,14 +100,16 @@ pub enum HandshakeError {
 impl ClientHandshake {
     /// A handshake with the key base64(`nonce`) (RFC 6455 §4.1: 16 random bytes).
     pub fn new(nonce: [u8; 16]) -> Self {
-        let key = BASE64.encode(nonce);
-        let accept = accept_for_key(&key);
+        let mut key = [0u8; KEY_BYTES];
+        let written = BASE64.encode_slice(nonce, &mut key);
+        debug_assert_eq!(written, Ok(KEY_BYTES));
+        let accept = accept_bytes(&key);
         Self { key, accept }
     }
 
-    /// The `Sec-WebSocket-Key` value.
+    /// The `Sec-WebSocket-Key` value (base64 is ASCII, so it is always valid UTF-8).
     pub fn key(&self) -> &str {
-        &self.key
+        std::str::from_utf8(&self.key).unwrap_or_default()
     }
 
     /// Appends the GET Upgrade request (RFC 6455 §4.1).
@@ -103,7 +119,7 @@ impl ClientHandshake {
              Sec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n",
             url.path,
             url.host_header(),
-            self.key
+            self.key()
         );
         out.extend_from_slice(request.as_bytes());
     }
@@ -155,7 +171,7 @@ impl ClientHandshake {
         if !connection_ok {
             return Err(HandshakeError::MissingConnectionUpgrade);
         }
-        if header("sec-websocket-accept").map(<[u8]>::trim_ascii) != Some(self.accept.as_bytes()) {
+        if header("sec-websocket-accept").map(<[u8]>::trim_ascii) != Some(&self.accept[..]) {
             return Err(HandshakeError::WrongAccept);
         }
         Ok(Some(head_bytes))

@@ -1141,6 +1141,69 @@ mod tests {
         assert!(err.to_string().contains("ulimit -n"), "{err}");
     }
 
+    /// Environment variable that makes the test binary run the EMFILE scenario as a child.
+    const EMFILE_CHILD_ENV: &str = "RINGCAST_BENCH_EMFILE_CHILD";
+
+    #[test]
+    fn emfile_at_runtime_is_counted_not_retried() {
+        if std::env::var_os(EMFILE_CHILD_ENV).is_some() {
+            return emfile_child();
+        }
+        // The scenario lowers RLIMIT_NOFILE, which is process-wide: run it in a child process so
+        // the tests running beside this one keep their descriptors.
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "bench::connect::tests::emfile_at_runtime_is_counted_not_retried",
+                "--nocapture",
+            ])
+            .env(EMFILE_CHILD_ENV, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "child failed: {stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(stdout.contains("emfile child ok"), "{stdout}");
+    }
+
+    /// Leaves about 40 descriptors free under a 300 soft limit, then asks for 200 connections to
+    /// a listener that never answers: the first sockets time out, the rest hit EMFILE.
+    fn emfile_child() {
+        use rustix::process::{Rlimit, setrlimit};
+        let limit = getrlimit(Resource::Nofile);
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(300),
+                maximum: limit.maximum,
+            },
+        )
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let open_now = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64;
+        let filler: Vec<std::fs::File> = (open_now..260)
+            .map(|_| std::fs::File::open("/dev/null").unwrap())
+            .collect();
+        let mut args = args_for(listener.local_addr().unwrap(), 200);
+        args.handshake_timeout_ms = 200;
+        let started = Instant::now();
+        let report = run_connect(&args).unwrap();
+        drop(filler);
+        let f = &report.failed;
+        assert!(f.emfile > 100, "{}", report.to_text());
+        assert_eq!(f.emfile + f.timeout, 200, "{}", report.to_text());
+        assert!(report.to_text().contains("hit the open-file limit (300)"));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        println!("emfile child ok: {}", report.to_text());
+    }
+
     #[test]
     fn impossible_flags_are_rejected() {
         let mut args = ConnectArgs::new("ws://127.0.0.1:1/", 1);
