@@ -66,7 +66,7 @@ pub struct ConnectArgs {
     /// else 127.0.0.1, 127.0.0.2, ... (10,000 connections each) when the target is 127.x.
     #[arg(long, value_delimiter = ',')]
     pub source_ips: Vec<IpAddr>,
-    /// Print the report as JSON (the caller picks `to_json` over `print_text`).
+    /// Print the report as one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
     /// Limit for the whole run (connect, hold and close), seconds; must exceed --hold-s.
