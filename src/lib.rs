@@ -8,9 +8,11 @@
 //! - [`shard`]: the thread-per-core loop: connections, timers, HTTP routes, WebSocket state.
 //! - [`server`]: listeners, shard threads, signals.
 //! - [`admin`]: the admin listener (`/stats`, `/ready`), off the public port.
+//! - [`bench`]: the `ringcast bench` load generator (client side).
 //! - [`ops`]: operations; [`ops::doctor`] checks the host against `tuning/README.md`.
 
 pub mod admin;
+pub mod bench;
 #[allow(unsafe_code)]
 pub mod buf;
 pub mod config;
