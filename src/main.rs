@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use clap::{Parser, Subcommand};
 use ringcast::admin::Admin;
+use ringcast::ops::doctor;
 use ringcast::server::{Server, ServerError};
 use ringcast::settings::{self, ServeArgs};
 use ringcast::shard::Shared;
@@ -34,9 +35,36 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(ServeArgs),
+    /// Check this host against tuning/README.md for a number of connections.
+    Doctor(DoctorArgs),
+    /// Client-side load generator (run it against a server in another process).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Print the settings table (markdown) that the README carries.
     #[command(hide = true)]
     SettingsTable,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Open N WebSocket connections, report handshakes/s and latency, hold them, close them.
+    Connect(ringcast::bench::ConnectArgs),
+}
+
+#[derive(clap::Args)]
+struct DoctorArgs {
+    /// Connections to plan for [default: the configured connection limit].
+    #[arg(long)]
+    connections: Option<u64>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Read sysctls and /proc files from this directory instead of /proc.
+    #[arg(long, default_value = "/proc")]
+    proc_root: std::path::PathBuf,
+    /// The server's settings (the same flags, variables and file as `serve`).
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 fn main() -> ExitCode {
@@ -58,6 +86,8 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Serve(args) => serve(&args),
+        Command::Doctor(args) => doctor(&args),
+        Command::Bench(BenchCommand::Connect(args)) => bench_connect(&args),
         Command::SettingsTable => {
             print!("{}", settings::limits_table_markdown());
             ExitCode::SUCCESS
@@ -80,6 +110,16 @@ fn serve(args: &ServeArgs) -> ExitCode {
         }
     };
     tracing::info!("{}", settings.connection_limit_origin);
+    // The host checks of `ringcast doctor`, for the configured limit: a warning per problem,
+    // never a refusal to start.
+    let report = host_report(
+        &settings,
+        settings.server.limits.connections_max.into(),
+        "/proc".as_ref(),
+    );
+    for check in report.problems() {
+        tracing::warn!("doctor: {check}");
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // A second signal while draining exits at once (status 1).
@@ -137,6 +177,73 @@ fn serve(args: &ServeArgs) -> ExitCode {
         Err(e) => {
             eprintln!("ringcast: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the host checks for `connections` under these settings.
+fn host_report(
+    settings: &settings::Settings,
+    connections: u64,
+    proc_root: &std::path::Path,
+) -> doctor::Report {
+    let io_uring = ringcast::driver::probe_uring().map_err(|e| e.0);
+    let facts = doctor::HostFacts::read(proc_root, io_uring);
+    let mut req = doctor::Requirements::new(connections);
+    req.io_uring_required = settings.server.io == ringcast::driver::IoMode::Uring;
+    req.shards = settings.placement.shards as u32;
+    doctor::evaluate(&facts, &req)
+}
+
+fn doctor(args: &DoctorArgs) -> ExitCode {
+    let settings = match settings::resolve(&args.serve, nofile_soft()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ringcast: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if args.connections == Some(0) {
+        eprintln!("ringcast: invalid value for connections: must be at least 1");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let n = args
+        .connections
+        .unwrap_or_else(|| settings.server.limits.connections_max.into());
+    let report = host_report(&settings, n, &args.proc_root);
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_table());
+    }
+    ExitCode::from(report.exit_code() as u8)
+}
+
+fn bench_connect(args: &ringcast::bench::ConnectArgs) -> ExitCode {
+    use ringcast::bench::BenchError;
+    match ringcast::bench::run_connect(args) {
+        Ok(report) => {
+            if args.json {
+                println!("{}", report.to_json());
+            } else {
+                report.print_text();
+            }
+            // Any failed connection makes the run fail, so scripts and CI notice.
+            if report.failed.total() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("ringcast bench connect: {e}");
+            let usage = matches!(
+                e,
+                BenchError::Url(_)
+                    | BenchError::InvalidArgument { .. }
+                    | BenchError::OpenFileLimit { .. }
+            );
+            ExitCode::from(if usage { EXIT_USAGE } else { EXIT_OSERR })
         }
     }
 }
