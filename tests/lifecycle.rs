@@ -36,7 +36,10 @@ async fn stdout_carries_exactly_one_line_the_listening_line() {
         let expected = format!("{LISTENING_PREFIX}{}", server.addr);
         let lines = server.stdout_lines();
         assert_eq!(lines.len(), 2, "stdout: {lines:?}");
-        assert!(lines[0].starts_with("ringcast: admin on 127.0.0.1:"), "stdout: {lines:?}");
+        assert!(
+            lines[0].starts_with("ringcast: admin on 127.0.0.1:"),
+            "stdout: {lines:?}"
+        );
         assert_eq!(lines[1], expected, "stdout: {lines:?}");
     })
     .await

@@ -167,6 +167,14 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        // The server also reads its settings from RINGCAST_* variables; a test must see only
+        // the flags it passes (RINGCAST_LOG, the log filter, may stay).
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key.starts_with("RINGCAST_") && key != "RINGCAST_LOG" {
+                command.env_remove(key.as_ref());
+            }
+        }
         let mut child = command.spawn().expect("spawn ringcast");
 
         // Keep the server's log so a failing test can show it; never let the pipe fill up.
