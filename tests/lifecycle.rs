@@ -19,7 +19,7 @@ async fn listening_line_names_a_port_that_accepts_connections() {
 }
 
 #[tokio::test]
-async fn stdout_carries_exactly_one_line_the_listening_line() {
+async fn stdout_carries_the_admin_line_then_the_listening_line() {
     within(TEST_TIMEOUT, async {
         let mut server = Server::echo(&[]).await;
         let mut conn = server.upgraded().await;

@@ -764,6 +764,32 @@ impl RawConn {
         }
     }
 
+    /// Waits for the server to close TCP and returns how long that took from `since`; panics
+    /// if it is still open `limit` after `since`.
+    pub async fn time_to_close(
+        &mut self,
+        since: tokio::time::Instant,
+        limit: Duration,
+    ) -> Duration {
+        let left = limit.saturating_sub(since.elapsed());
+        assert!(
+            self.closed_within(left).await,
+            "connection still open {limit:?} after the reference point"
+        );
+        since.elapsed()
+    }
+
+    /// True if the server's socket is gone for good: a write to it draws a reset, which the
+    /// next write reports. (After the server's FIN alone, reads only say EOF; a server that
+    /// still waits for our close accepts writes without a reset.)
+    pub async fn writes_are_reset(&mut self, probe: &[u8]) -> bool {
+        if self.try_send(probe).await.is_err() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.try_send(probe).await.is_err()
+    }
+
     /// Asserts that nothing arrives and the connection stays open for `period`.
     pub async fn assert_quiet_for(&mut self, period: Duration) {
         match self.fill(period).await {
