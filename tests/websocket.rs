@@ -476,6 +476,68 @@ async fn ping_through_tungstenite_gets_pong() {
     .await
 }
 
+#[tokio::test]
+async fn text_with_every_byte_in_its_own_fragment_is_echoed() {
+    within(TEST_TIMEOUT, async {
+        let server = Server::echo(&[]).await;
+        let mut conn = server.upgraded().await;
+        let text = "héllo € 𝄞";
+        let bytes = text.as_bytes();
+        let mut out = Vec::new();
+        for (i, b) in bytes.iter().enumerate() {
+            let opcode = if i == 0 { OP_TEXT } else { OP_CONT };
+            out.extend_from_slice(&frame(i + 1 == bytes.len(), opcode, &[*b]));
+        }
+        conn.send(&out).await;
+        assert_eq!(conn.read_message().await, (OP_TEXT, bytes.to_vec()));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn frame_with_all_zero_mask_key_is_echoed() {
+    within(TEST_TIMEOUT, async {
+        let server = Server::echo(&[]).await;
+        let mut conn = server.upgraded().await;
+        // RFC 6455 §5.3: the mask bit is what matters; a zero key is still a masked frame.
+        conn.send(&encode_frame(true, 0, OP_TEXT, Some([0; 4]), b"zero key"))
+            .await;
+        assert_eq!(conn.read_message().await, (OP_TEXT, b"zero key".to_vec()));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn close_between_fragments_is_echoed() {
+    within(TEST_TIMEOUT, async {
+        let server = Server::echo(&[]).await;
+        let mut conn = server.upgraded().await;
+        // RFC 6455 §5.4: control frames may be injected in the middle of a fragmented message.
+        conn.send(&frame(false, OP_TEXT, b"never finished")).await;
+        conn.send(&close_frame(1000, b"")).await;
+        conn.expect_close_reply(1000).await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn health_then_upgrade_pipelined_in_one_write_are_both_served() {
+    within(TEST_TIMEOUT, async {
+        let server = Server::echo(&[]).await;
+        let mut conn = server.raw().await;
+        let mut bytes = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".to_vec();
+        bytes.extend_from_slice(UPGRADE_REQUEST.as_bytes());
+        bytes.extend_from_slice(&final_frame(OP_TEXT, b"after both"));
+        conn.send(&bytes).await;
+        let health = conn.read_response().await;
+        assert_eq!((health.status, health.body.as_slice()), (200, &b"ok"[..]));
+        let upgrade = conn.read_response_head().await;
+        assert_eq!(upgrade.status, 101, "{upgrade:?}");
+        assert_eq!(conn.read_message().await, (OP_TEXT, b"after both".to_vec()));
+    })
+    .await
+}
+
 // ---------------------------------------------------------------------------------------------
 // Protocol errors: 1002
 // ---------------------------------------------------------------------------------------------
@@ -556,6 +618,25 @@ async fn fragmented_control_frame_closes_with_1002() {
             1002,
         )
         .await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn frame_length_with_top_bit_set_closes_with_1002_or_1009() {
+    within(TEST_TIMEOUT, async {
+        let server = Server::echo(&[]).await;
+        let mut conn = server.upgraded().await;
+        // RFC 6455 §5.2: the most significant bit of a 64-bit length must be 0.
+        let mut bytes = vec![0x82, 0x80 | 127];
+        bytes.extend_from_slice(&(u64::MAX - 5).to_be_bytes());
+        bytes.extend_from_slice(&MASK);
+        conn.send(&bytes).await;
+        let code = conn.read_close_code().await;
+        assert!(
+            code == Some(1002) || code == Some(1009),
+            "close code {code:?}"
+        );
     })
     .await
 }
