@@ -28,6 +28,8 @@ const GEN_MASK: u32 = 0x00ff_ffff;
 const READS_PER_TURN: usize = 8;
 /// Accepts per turn.
 const ACCEPTS_PER_TURN: usize = 256;
+/// Buffer lists kept for reuse after a send; beyond this they are freed.
+const SPARE_SENDS_MAX: usize = 256;
 
 fn event_data(kind: u64, key: ConnKey) -> u64 {
     (kind << 56) | (u64::from(key.generation & GEN_MASK) << 32) | u64::from(key.index)
@@ -52,7 +54,8 @@ struct Slot {
     fd: RawFd,
     registered: bool,
     recv_active: bool,
-    parked: Option<ParkedSend>,
+    /// Boxed: most slots never park a send, and the slot table has one entry per connection.
+    parked: Option<Box<ParkedSend>>,
 }
 
 enum Pending {
@@ -173,17 +176,24 @@ impl EpollDriver {
         Ok(())
     }
 
-    pub fn send(&mut self, key: ConnKey, fd: RawFd, queue: &mut VecDeque<Bytes>) -> io::Result<()> {
+    pub fn send(
+        &mut self,
+        key: ConnKey,
+        fd: RawFd,
+        next: &mut dyn FnMut() -> Option<Bytes>,
+    ) -> io::Result<()> {
         self.register(key, fd)?;
         let mut bufs = self.spare_bufs.pop().unwrap_or_default();
         while bufs.len() < self.send_iovecs_max {
-            let Some(b) = queue.pop_front() else { break };
+            let Some(b) = next() else { break };
             if !b.is_empty() {
                 bufs.push(b);
             }
         }
         if bufs.is_empty() {
-            self.spare_bufs.push(bufs);
+            if self.spare_bufs.len() < SPARE_SENDS_MAX {
+                self.spare_bufs.push(bufs);
+            }
             return Ok(());
         }
         let mut op = ParkedSend {
@@ -199,7 +209,7 @@ impl EpollDriver {
                     bufs: op.bufs,
                 });
             }
-            Ok(false) => self.slot(key, fd).parked = Some(op),
+            Ok(false) => self.slot(key, fd).parked = Some(Box::new(op)),
             Err(e) => self.pending.push_back(Pending::Sent {
                 key,
                 result: Err(e),
@@ -289,7 +299,9 @@ impl EpollDriver {
                     unsent: &mut bufs,
                 });
                 bufs.clear();
-                self.spare_bufs.push(bufs);
+                if self.spare_bufs.len() < SPARE_SENDS_MAX {
+                    self.spare_bufs.push(bufs);
+                }
             }
         }
     }

@@ -180,17 +180,19 @@ impl Driver {
         }
     }
 
-    /// Sends the buffers at the front of `queue`, up to the driver's iovec limit, taking them
-    /// out of the queue: the in-flight operation owns them until its [`Event::Sent`].
+    /// Sends the buffers `next` yields (the front of a connection's queue), up to the driver's
+    /// iovec limit, taking them out of the queue: the in-flight operation owns them until its
+    /// [`Event::Sent`], which hands back what was not written. On an error nothing is in flight
+    /// and the taken buffers are dropped (the caller closes the connection).
     pub fn send(
         &mut self,
         key: ConnKey,
         fd: RawFd,
-        queue: &mut std::collections::VecDeque<Bytes>,
+        next: &mut dyn FnMut() -> Option<Bytes>,
     ) -> io::Result<()> {
         match self {
-            Driver::Uring(d) => d.send(key, fd, queue),
-            Driver::Epoll(d) => d.send(key, fd, queue),
+            Driver::Uring(d) => d.send(key, fd, next),
+            Driver::Epoll(d) => d.send(key, fd, next),
         }
     }
 

@@ -8,7 +8,6 @@
 //! The kernel-ownership rule: once a buffer's address is in an SQE, the op table (`sends`) owns
 //! that buffer until the CQE is reaped, even if the connection closes first.
 
-use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
@@ -26,6 +25,9 @@ const KIND_SEND: u64 = 3;
 const KIND_CANCEL: u64 = 4;
 
 const GEN_MASK: u32 = 0x00ff_ffff;
+
+/// Finished send ops kept for reuse (each holds two small vectors); beyond this they are freed.
+const SPARE_SENDS_MAX: usize = 256;
 
 fn user_data(kind: u64, generation: u32, index: u32) -> u64 {
     (kind << 56) | (u64::from(generation & GEN_MASK) << 32) | u64::from(index)
@@ -179,7 +181,12 @@ impl UringDriver {
         self.push(e)
     }
 
-    pub fn send(&mut self, key: ConnKey, fd: RawFd, queue: &mut VecDeque<Bytes>) -> io::Result<()> {
+    pub fn send(
+        &mut self,
+        key: ConnKey,
+        fd: RawFd,
+        next: &mut dyn FnMut() -> Option<Bytes>,
+    ) -> io::Result<()> {
         let mut op = self.spare.pop().unwrap_or_else(|| {
             Box::new(SendOp {
                 key,
@@ -193,7 +200,7 @@ impl UringDriver {
         op.bufs.clear();
         op.iov.clear();
         while op.bufs.len() < self.send_iovecs_max {
-            let Some(b) = queue.pop_front() else { break };
+            let Some(b) = next() else { break };
             if b.is_empty() {
                 continue;
             }
@@ -204,7 +211,7 @@ impl UringDriver {
             op.bufs.push(b);
         }
         if op.bufs.is_empty() {
-            self.spare.push(op);
+            self.recycle(op);
             return Ok(());
         }
         op.msg.msg_iov = op.iov.as_mut_ptr();
@@ -216,12 +223,10 @@ impl UringDriver {
             .build()
             .user_data(user_data(KIND_SEND, 0, index as u32));
         if let Err(err) = self.push(e) {
-            // Never submitted: hand the buffers back in order.
+            // Never submitted: nothing references the buffers, drop them.
             let mut op = self.sends.remove(index);
-            for b in op.bufs.drain(..).rev() {
-                queue.push_front(b);
-            }
-            self.spare.push(op);
+            op.bufs.clear();
+            self.recycle(op);
             return Err(err);
         }
         Ok(())
@@ -350,9 +355,17 @@ impl UringDriver {
                     unsent: &mut op.bufs,
                 });
                 op.bufs.clear();
-                self.spare.push(op);
+                self.recycle(op);
             }
             _ => {}
+        }
+    }
+
+    /// Keeps a finished op for reuse, up to [`SPARE_SENDS_MAX`]; a burst of concurrent sends
+    /// must not leave its peak in memory for good.
+    fn recycle(&mut self, op: Box<SendOp>) {
+        if self.spare.len() < SPARE_SENDS_MAX {
+            self.spare.push(op);
         }
     }
 

@@ -2,12 +2,10 @@
 //!
 //! It never performs I/O itself: the shard moves bytes through the driver and calls in here.
 
-use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 
-use bytes::Bytes;
-
 use super::router::Endpoint;
+use super::sendq::QueueRef;
 use super::timer::Tick;
 use crate::proto::decoder::Decoder;
 
@@ -75,7 +73,7 @@ pub struct Conn {
     pub queued_tick: Tick,
     /// Bytes in `outq` not yet handed to the driver plus those in flight.
     pub outq_bytes: u32,
-    pub outq: VecDeque<Bytes>,
+    pub outq: QueueRef,
     pub phase: Phase,
 }
 
@@ -89,7 +87,7 @@ impl Conn {
             deadline: 0,
             queued_tick: 0,
             outq_bytes: 0,
-            outq: VecDeque::new(),
+            outq: QueueRef::EMPTY,
             phase: Phase::Http(Http {
                 pending: None,
                 awaiting_body: false,

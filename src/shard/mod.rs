@@ -7,6 +7,7 @@
 pub mod conn;
 pub mod per_ip;
 pub mod router;
+pub mod sendq;
 pub mod stats;
 pub mod timer;
 
@@ -31,6 +32,7 @@ use crate::proto::http::{self, HEADER_COUNT_CEILING};
 use conn::{Conn, Phase, WebSocket, flag};
 use per_ip::PerIp;
 use router::{Endpoint, Routed};
+use sendq::SendQueues;
 use stats::{ShardCounters, ShardStats};
 use timer::{Tick, TimerWheel, ms_to_ticks, tick_reached};
 
@@ -76,6 +78,7 @@ struct State {
     limits: Limits,
     listener: Option<Socket>,
     conns: Slab<Conn>,
+    sendq: SendQueues,
     wheel: TimerWheel,
     epoch: Instant,
     now: Tick,
@@ -124,6 +127,7 @@ impl Shard {
                 conns: Slab::with_capacity(
                     (limits.connections_per_shard_max + limits.reject_overflow_max) as usize,
                 ),
+                sendq: SendQueues::new(),
                 wheel: TimerWheel::new(),
                 epoch: Instant::now(),
                 now: 0,
@@ -295,7 +299,7 @@ impl State {
                         self.held_bytes = self.held_bytes.saturating_sub(done);
                         if !conn.has(flag::SHUTDOWN) {
                             for b in unsent.drain(..).rev() {
-                                conn.outq.push_front(b);
+                                self.sendq.push_front(&mut conn.outq, b);
                             }
                         } else {
                             self.held_bytes =
@@ -600,6 +604,7 @@ impl State {
             flags,
             ..
         } = conn;
+        let sendq = &mut self.sendq;
         let Phase::WebSocket(ws) = phase else { return };
         let held_before = ws.decoder.buffered_bytes() as u64 + u64::from(*outq_bytes);
         let mut pos = 0;
@@ -625,7 +630,13 @@ impl State {
                         Endpoint::Echo => {
                             let mut out = Vec::with_capacity(p.len() + frame::MAX_HEADER_BYTES);
                             frame::encode_frame(opcode, p, &mut out);
-                            if !push_limited(outq, outq_bytes, Bytes::from(out), outbound_max) {
+                            if !push_limited(
+                                sendq,
+                                outq,
+                                outq_bytes,
+                                Bytes::from(out),
+                                outbound_max,
+                            ) {
                                 self.stats.slow_consumer_closes += 1;
                                 failure = Some(close::POLICY_VIOLATION);
                             }
@@ -637,7 +648,7 @@ impl State {
                     if !ws.close_sent {
                         let mut out = Vec::with_capacity(p.len() + 2);
                         frame::encode_frame(Opcode::Pong, p, &mut out);
-                        if !push_limited(outq, outq_bytes, Bytes::from(out), outbound_max) {
+                        if !push_limited(sendq, outq, outq_bytes, Bytes::from(out), outbound_max) {
                             self.stats.slow_consumer_closes += 1;
                             failure = Some(close::POLICY_VIOLATION);
                         }
@@ -655,7 +666,7 @@ impl State {
                             Some(code) => frame::encode_close(code, "", &mut out),
                             None => frame::encode_frame(Opcode::Close, &[], &mut out),
                         }
-                        push_unlimited(outq, outq_bytes, Bytes::from(out));
+                        push_unlimited(sendq, outq, outq_bytes, Bytes::from(out));
                     }
                     close_after = true;
                 }
@@ -667,7 +678,7 @@ impl State {
                 ws.close_sent = true;
                 let mut out = Vec::with_capacity(4);
                 frame::encode_close(code, "", &mut out);
-                push_unlimited(outq, outq_bytes, Bytes::from(out));
+                push_unlimited(sendq, outq, outq_bytes, Bytes::from(out));
             }
             close_after = true;
         }
@@ -686,7 +697,7 @@ impl State {
     fn queue_control(&mut self, index: u32, bytes: Bytes) {
         let conn = &mut self.conns[index as usize];
         self.held_bytes += bytes.len() as u64;
-        push_unlimited(&mut conn.outq, &mut conn.outq_bytes, bytes);
+        push_unlimited(&mut self.sendq, &mut conn.outq, &mut conn.outq_bytes, bytes);
         self.mark_dirty(index);
     }
 
@@ -718,8 +729,7 @@ impl State {
         let _ = SockRef::from(&conn.fd).shutdown(std::net::Shutdown::Both);
         conn.set(flag::SHUTDOWN | flag::READ_DONE);
         // Bytes in flight stay counted until their completion; the rest is dropped now.
-        let queued: u64 = conn.outq.iter().map(|b| b.len() as u64).sum();
-        conn.outq.clear();
+        let queued = self.sendq.clear(&mut conn.outq);
         conn.outq_bytes = conn.outq_bytes.saturating_sub(queued as u32);
         self.held_bytes = self.held_bytes.saturating_sub(queued);
         conn.deadline = 0;
@@ -749,8 +759,7 @@ impl State {
         let conn = &mut self.conns[index as usize];
         conn.deadline = at;
         if conn.queued_tick == 0 || !tick_reached(conn.queued_tick, at) {
-            conn.queued_tick = at;
-            self.wheel.insert(index, at);
+            conn.queued_tick = self.wheel.insert(index, at);
         }
     }
 
@@ -772,8 +781,7 @@ impl State {
                 conn.deadline = 0;
                 self.on_timeout(index);
             } else {
-                conn.queued_tick = conn.deadline;
-                self.wheel.insert(index, conn.deadline);
+                conn.queued_tick = self.wheel.insert(index, conn.deadline);
             }
         }
         self.due = due;
@@ -882,7 +890,8 @@ impl State {
                 continue;
             }
             if !conn.outq.is_empty() && !conn.has(flag::SEND_INFLIGHT) {
-                match driver.send(key, conn.fd.as_raw_fd(), &mut conn.outq) {
+                let (sendq, outq) = (&mut self.sendq, &mut conn.outq);
+                match driver.send(key, conn.fd.as_raw_fd(), &mut || sendq.pop_front(outq)) {
                     Ok(()) => {
                         self.stats.sends += 1;
                         conn.set(flag::SEND_INFLIGHT);
@@ -943,7 +952,8 @@ enum HttpOutcome {
 }
 
 fn push_limited(
-    outq: &mut std::collections::VecDeque<Bytes>,
+    sendq: &mut SendQueues,
+    outq: &mut sendq::QueueRef,
     outq_bytes: &mut u32,
     bytes: Bytes,
     max: usize,
@@ -953,17 +963,18 @@ fn push_limited(
     if *outq_bytes > 0 && *outq_bytes as usize + bytes.len() > max {
         return false;
     }
-    push_unlimited(outq, outq_bytes, bytes);
+    push_unlimited(sendq, outq, outq_bytes, bytes);
     true
 }
 
 fn push_unlimited(
-    outq: &mut std::collections::VecDeque<Bytes>,
+    sendq: &mut SendQueues,
+    outq: &mut sendq::QueueRef,
     outq_bytes: &mut u32,
     bytes: Bytes,
 ) {
     *outq_bytes = outq_bytes.saturating_add(bytes.len() as u32);
-    outq.push_back(bytes);
+    sendq.push_back(outq, bytes);
 }
 
 /// Logs a warning at most once a second, counting what it suppressed.

@@ -36,10 +36,17 @@ impl TimerWheel {
         }
     }
 
-    /// Queues `index` to be looked at when tick `at` comes (or at once if `at` has passed).
-    pub fn insert(&mut self, index: u32, at: Tick) {
-        let at = at.max(self.done.wrapping_add(1));
+    /// Queues `index` to be looked at when tick `at` comes (or on the next advance if `at` has
+    /// passed). Returns the tick the entry was filed under, which callers must remember to
+    /// recognise the entry when it fires.
+    pub fn insert(&mut self, index: u32, at: Tick) -> Tick {
+        let at = if tick_reached(at, self.done) {
+            self.done.wrapping_add(1)
+        } else {
+            at
+        };
         self.slots[at as usize % SLOTS].push((index, at));
+        at
     }
 
     /// Drains every slot up to and including `now`, appending `(index, tick)` pairs whose tick has
@@ -112,13 +119,14 @@ mod tests {
     }
 
     #[test]
-    fn past_deadline_fires_on_next_advance() {
+    fn past_deadline_fires_on_next_advance_under_the_tick_insert_returned() {
         let mut w = TimerWheel::new();
         let mut due = Vec::new();
         w.advance(100, &mut due);
-        w.insert(3, 50);
+        assert_eq!(w.insert(3, 50), 101);
+        assert_eq!(w.insert(4, 100), 101);
         w.advance(101, &mut due);
-        assert_eq!(due.len(), 1);
+        assert_eq!(due, vec![(3, 101), (4, 101)]);
     }
 
     #[test]

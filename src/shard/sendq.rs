@@ -1,0 +1,148 @@
+//! Outbound queues of all of a shard's connections in one pool.
+//!
+//! Each connection holds only the head and tail of its queue (8 bytes); the queued buffers live
+//! in singly linked nodes of a shard-wide slab, so an idle connection owns no queue allocation
+//! at all, and a queue that empties gives its nodes back to the pool for the next one. Nodes
+//! carry `Bytes`, so one frame encoded once can sit in many queues without being copied.
+
+use bytes::Bytes;
+use slab::Slab;
+
+const NIL: u32 = u32::MAX;
+
+/// A connection's queue: the first and last node, or empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueRef {
+    head: u32,
+    tail: u32,
+}
+
+impl QueueRef {
+    pub const EMPTY: QueueRef = QueueRef {
+        head: NIL,
+        tail: NIL,
+    };
+
+    pub fn is_empty(&self) -> bool {
+        self.head == NIL
+    }
+}
+
+impl Default for QueueRef {
+    fn default() -> Self {
+        Self::EMPTY
+    }
+}
+
+struct Node {
+    bytes: Bytes,
+    next: u32,
+}
+
+#[derive(Default)]
+pub struct SendQueues {
+    nodes: Slab<Node>,
+}
+
+impl SendQueues {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push_back(&mut self, q: &mut QueueRef, bytes: Bytes) {
+        let index = self.nodes.insert(Node { bytes, next: NIL }) as u32;
+        if q.tail == NIL {
+            q.head = index;
+        } else {
+            self.nodes[q.tail as usize].next = index;
+        }
+        q.tail = index;
+    }
+
+    pub fn push_front(&mut self, q: &mut QueueRef, bytes: Bytes) {
+        let index = self.nodes.insert(Node {
+            bytes,
+            next: q.head,
+        }) as u32;
+        if q.tail == NIL {
+            q.tail = index;
+        }
+        q.head = index;
+    }
+
+    pub fn pop_front(&mut self, q: &mut QueueRef) -> Option<Bytes> {
+        if q.head == NIL {
+            return None;
+        }
+        let node = self.nodes.remove(q.head as usize);
+        q.head = node.next;
+        if q.head == NIL {
+            q.tail = NIL;
+        }
+        Some(node.bytes)
+    }
+
+    /// Drops everything queued; returns the bytes dropped.
+    pub fn clear(&mut self, q: &mut QueueRef) -> u64 {
+        let mut dropped = 0;
+        while let Some(b) = self.pop_front(q) {
+            dropped += b.len() as u64;
+        }
+        dropped
+    }
+
+    /// Nodes in use over all queues.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &'static str) -> Bytes {
+        Bytes::from_static(s.as_bytes())
+    }
+
+    #[test]
+    fn queues_keep_order_and_do_not_mix() {
+        let mut pool = SendQueues::new();
+        let (mut a, mut c) = (QueueRef::EMPTY, QueueRef::EMPTY);
+        pool.push_back(&mut a, b("a1"));
+        pool.push_back(&mut c, b("c1"));
+        pool.push_back(&mut a, b("a2"));
+        pool.push_front(&mut a, b("a0"));
+        assert_eq!(pool.pop_front(&mut a), Some(b("a0")));
+        assert_eq!(pool.pop_front(&mut a), Some(b("a1")));
+        assert_eq!(pool.pop_front(&mut c), Some(b("c1")));
+        assert!(c.is_empty());
+        assert_eq!(pool.pop_front(&mut a), Some(b("a2")));
+        assert_eq!(pool.pop_front(&mut a), None);
+        assert!(a.is_empty() && pool.is_empty());
+    }
+
+    #[test]
+    fn push_front_on_empty_queue_sets_both_ends() {
+        let mut pool = SendQueues::new();
+        let mut q = QueueRef::EMPTY;
+        pool.push_front(&mut q, b("x"));
+        pool.push_back(&mut q, b("y"));
+        assert_eq!(pool.pop_front(&mut q), Some(b("x")));
+        assert_eq!(pool.pop_front(&mut q), Some(b("y")));
+    }
+
+    #[test]
+    fn clear_counts_dropped_bytes_and_frees_nodes() {
+        let mut pool = SendQueues::new();
+        let mut q = QueueRef::EMPTY;
+        pool.push_back(&mut q, b("abc"));
+        pool.push_back(&mut q, b("de"));
+        assert_eq!(pool.clear(&mut q), 5);
+        assert!(q.is_empty() && pool.is_empty());
+    }
+}
