@@ -232,8 +232,8 @@ install_runtime() {
     echo "   note: python2.7 version differs from pinned $PY27_DEB_VERSION: $(ls "$debs"/python2.7_*.deb)"
 
   # resolve missing shared libraries (ldd) via the soname table, a few rounds
-  local round missing extra so pkg libpath d
-  for round in 1 2 3; do
+  local _round missing extra so pkg libpath d
+  for _round in 1 2 3; do
     libpath=""
     for d in "$build"/usr/lib/*-linux-gnu* "$build"/lib/*-linux-gnu*; do
       [ -d "$d" ] && libpath="${libpath:+$libpath:}$d"
