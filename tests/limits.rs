@@ -205,7 +205,13 @@ async fn head_over_default_8192_bytes_gets_431() {
         // The same for an upgrade request.
         let mut upgrade = UPGRADE_REQUEST.trim_end().to_string();
         upgrade.push_str(&format!("\r\nX-Pad: {}\r\n\r\n", "a".repeat(9000)));
-        assert_eq!(status_of(&server, upgrade.as_bytes()).await, 431);
+        let mut conn = server.raw().await;
+        conn.send_while_reading(upgrade.as_bytes()).await.ok();
+        assert_eq!(conn.read_response().await.status, 431);
+        assert!(
+            conn.closed_within(std::time::Duration::from_secs(3)).await,
+            "connection still open after a 431 for an upgrade"
+        );
     })
     .await
 }
