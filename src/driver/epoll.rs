@@ -13,7 +13,7 @@ use std::io::{self, IoSlice};
 use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use crate::buf::OutBuf;
 use rustix::event::epoll;
 use rustix::net::{RecvFlags, SendAncillaryBuffer, SendFlags, SocketFlags};
 
@@ -44,7 +44,7 @@ pub struct EpollConfig {
 /// A send that the socket did not take whole: it waits here, owning its buffers.
 struct ParkedSend {
     fd: RawFd,
-    bufs: Vec<Bytes>,
+    bufs: Vec<OutBuf>,
     written: usize,
 }
 
@@ -62,7 +62,7 @@ enum Pending {
     Sent {
         key: ConnKey,
         result: io::Result<usize>,
-        bufs: Vec<Bytes>,
+        bufs: Vec<OutBuf>,
     },
 }
 
@@ -77,7 +77,7 @@ pub struct EpollDriver {
     listener: Option<RawFd>,
     accept_armed: bool,
     send_iovecs_max: usize,
-    spare_bufs: Vec<Vec<Bytes>>,
+    spare_bufs: Vec<Vec<OutBuf>>,
 }
 
 impl EpollDriver {
@@ -180,7 +180,7 @@ impl EpollDriver {
         &mut self,
         key: ConnKey,
         fd: RawFd,
-        next: &mut dyn FnMut() -> Option<Bytes>,
+        next: &mut dyn FnMut() -> Option<OutBuf>,
     ) -> io::Result<()> {
         self.register(key, fd)?;
         let mut bufs = self.spare_bufs.pop().unwrap_or_default();
@@ -405,7 +405,7 @@ fn write_some(op: &mut ParkedSend) -> io::Result<bool> {
         let mut iov = [IoSlice::new(empty); 64];
         let mut n_iov = 0;
         for b in op.bufs.iter().filter(|b| !b.is_empty()).take(iov.len()) {
-            iov[n_iov] = IoSlice::new(b);
+            iov[n_iov] = IoSlice::new(b.as_slice());
             n_iov += 1;
         }
         if n_iov == 0 {

@@ -12,7 +12,7 @@ use std::io;
 use std::os::fd::{OwnedFd, RawFd};
 use std::time::Duration;
 
-use bytes::Bytes;
+use crate::buf::OutBuf;
 
 /// Identifies a connection slot and the generation of its current occupant, so a completion
 /// that arrives for an earlier occupant of a reused slot is recognised and dropped.
@@ -52,7 +52,7 @@ pub enum Event<'a> {
     Sent {
         key: ConnKey,
         result: io::Result<usize>,
-        unsent: &'a mut Vec<Bytes>,
+        unsent: &'a mut Vec<OutBuf>,
     },
 }
 
@@ -188,7 +188,7 @@ impl Driver {
         &mut self,
         key: ConnKey,
         fd: RawFd,
-        next: &mut dyn FnMut() -> Option<Bytes>,
+        next: &mut dyn FnMut() -> Option<OutBuf>,
     ) -> io::Result<()> {
         match self {
             Driver::Uring(d) => d.send(key, fd, next),

@@ -12,7 +12,7 @@ use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use crate::buf::OutBuf;
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use slab::Slab;
 
@@ -53,7 +53,7 @@ pub struct UringConfig {
 struct SendOp {
     key: ConnKey,
     /// The buffers the iovecs point into; owned here until the completion.
-    bufs: Vec<Bytes>,
+    bufs: Vec<OutBuf>,
     iov: Vec<libc::iovec>,
     msg: libc::msghdr,
 }
@@ -185,7 +185,7 @@ impl UringDriver {
         &mut self,
         key: ConnKey,
         fd: RawFd,
-        next: &mut dyn FnMut() -> Option<Bytes>,
+        next: &mut dyn FnMut() -> Option<OutBuf>,
     ) -> io::Result<()> {
         let mut op = self.spare.pop().unwrap_or_else(|| {
             Box::new(SendOp {
@@ -205,7 +205,7 @@ impl UringDriver {
                 continue;
             }
             op.iov.push(libc::iovec {
-                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_base: b.as_slice().as_ptr() as *mut libc::c_void,
                 iov_len: b.len(),
             });
             op.bufs.push(b);

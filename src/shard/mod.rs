@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+
+use crate::buf::OutBuf;
 use slab::Slab;
 use socket2::{SockRef, Socket};
 
@@ -974,7 +976,7 @@ fn push_unlimited(
     bytes: Bytes,
 ) {
     *outq_bytes = outq_bytes.saturating_add(bytes.len() as u32);
-    sendq.push_back(outq, bytes);
+    sendq.push_back(outq, OutBuf::from(bytes));
 }
 
 /// Logs a warning at most once a second, counting what it suppressed.

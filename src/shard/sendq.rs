@@ -5,7 +5,7 @@
 //! at all, and a queue that empties gives its nodes back to the pool for the next one. Nodes
 //! carry `Bytes`, so one frame encoded once can sit in many queues without being copied.
 
-use bytes::Bytes;
+use crate::buf::OutBuf;
 use slab::Slab;
 
 const NIL: u32 = u32::MAX;
@@ -35,7 +35,7 @@ impl Default for QueueRef {
 }
 
 struct Node {
-    bytes: Bytes,
+    bytes: OutBuf,
     next: u32,
 }
 
@@ -49,7 +49,7 @@ impl SendQueues {
         Self::default()
     }
 
-    pub fn push_back(&mut self, q: &mut QueueRef, bytes: Bytes) {
+    pub fn push_back(&mut self, q: &mut QueueRef, bytes: OutBuf) {
         let index = self.nodes.insert(Node { bytes, next: NIL }) as u32;
         if q.tail == NIL {
             q.head = index;
@@ -59,7 +59,7 @@ impl SendQueues {
         q.tail = index;
     }
 
-    pub fn push_front(&mut self, q: &mut QueueRef, bytes: Bytes) {
+    pub fn push_front(&mut self, q: &mut QueueRef, bytes: OutBuf) {
         let index = self.nodes.insert(Node {
             bytes,
             next: q.head,
@@ -70,7 +70,7 @@ impl SendQueues {
         q.head = index;
     }
 
-    pub fn pop_front(&mut self, q: &mut QueueRef) -> Option<Bytes> {
+    pub fn pop_front(&mut self, q: &mut QueueRef) -> Option<OutBuf> {
         if q.head == NIL {
             return None;
         }
@@ -105,8 +105,12 @@ impl SendQueues {
 mod tests {
     use super::*;
 
-    fn b(s: &'static str) -> Bytes {
-        Bytes::from_static(s.as_bytes())
+    fn b(s: &'static str) -> OutBuf {
+        OutBuf::from(bytes::Bytes::from_static(s.as_bytes()))
+    }
+
+    fn pop(pool: &mut SendQueues, q: &mut QueueRef) -> Option<Vec<u8>> {
+        pool.pop_front(q).map(|b| b.as_slice().to_vec())
     }
 
     #[test]
@@ -117,12 +121,12 @@ mod tests {
         pool.push_back(&mut c, b("c1"));
         pool.push_back(&mut a, b("a2"));
         pool.push_front(&mut a, b("a0"));
-        assert_eq!(pool.pop_front(&mut a), Some(b("a0")));
-        assert_eq!(pool.pop_front(&mut a), Some(b("a1")));
-        assert_eq!(pool.pop_front(&mut c), Some(b("c1")));
+        assert_eq!(pop(&mut pool, &mut a), Some(b"a0".to_vec()));
+        assert_eq!(pop(&mut pool, &mut a), Some(b"a1".to_vec()));
+        assert_eq!(pop(&mut pool, &mut c), Some(b"c1".to_vec()));
         assert!(c.is_empty());
-        assert_eq!(pool.pop_front(&mut a), Some(b("a2")));
-        assert_eq!(pool.pop_front(&mut a), None);
+        assert_eq!(pop(&mut pool, &mut a), Some(b"a2".to_vec()));
+        assert!(pool.pop_front(&mut a).is_none());
         assert!(a.is_empty() && pool.is_empty());
     }
 
@@ -132,8 +136,8 @@ mod tests {
         let mut q = QueueRef::EMPTY;
         pool.push_front(&mut q, b("x"));
         pool.push_back(&mut q, b("y"));
-        assert_eq!(pool.pop_front(&mut q), Some(b("x")));
-        assert_eq!(pool.pop_front(&mut q), Some(b("y")));
+        assert_eq!(pop(&mut pool, &mut q), Some(b"x".to_vec()));
+        assert_eq!(pop(&mut pool, &mut q), Some(b"y".to_vec()));
     }
 
     #[test]
