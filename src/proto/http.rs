@@ -32,13 +32,20 @@ pub struct HttpLimits {
     pub body_bytes_max: usize,
 }
 
+impl HttpLimits {
+    /// The defaults documented on each field.
+    pub const DEFAULT: Self = Self {
+        header_bytes_max: 8192,
+        header_count_max: 64,
+        body_bytes_max: 1024 * 1024,
+    };
+}
+
+const _: () = assert!(HttpLimits::DEFAULT.header_count_max <= HEADER_COUNT_CEILING);
+
 impl Default for HttpLimits {
     fn default() -> Self {
-        Self {
-            header_bytes_max: 8192,
-            header_count_max: 64,
-            body_bytes_max: 1024 * 1024,
-        }
+        Self::DEFAULT
     }
 }
 
