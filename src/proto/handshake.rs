@@ -3,8 +3,9 @@
 //! parse raw bytes itself (that is [`super::http`]) or touch a socket.
 //!
 //! Call contract: parse the head with [`super::http::parse_head`], call [`validate`], then write
-//! [`write_accept`] and switch the connection to frames at `head.head_len` (bytes after the head
-//! are already WebSocket frames), or write [`write_reject`] and close.
+//! [`write_accept`] and switch the connection to frames at `head.head_len + head.content_length`
+//! (bytes after the head are already WebSocket frames; browsers never send a body with the
+//! upgrade, so this is `head_len` in practice), or write [`write_reject`] and close.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;

@@ -32,13 +32,20 @@ pub struct HttpLimits {
     pub body_bytes_max: usize,
 }
 
+impl HttpLimits {
+    /// The defaults documented on each field.
+    pub const DEFAULT: Self = Self {
+        header_bytes_max: 8192,
+        header_count_max: 64,
+        body_bytes_max: 1024 * 1024,
+    };
+}
+
+const _: () = assert!(HttpLimits::DEFAULT.header_count_max <= HEADER_COUNT_CEILING);
+
 impl Default for HttpLimits {
     fn default() -> Self {
-        Self {
-            header_bytes_max: 8192,
-            header_count_max: 64,
-            body_bytes_max: 1024 * 1024,
-        }
+        Self::DEFAULT
     }
 }
 
@@ -199,6 +206,12 @@ pub fn parse_head<'h, 'b>(
         content_length: 0,
         keep_alive: false,
     };
+    // RFC 9112 §3.2: a request with more than one Host field line MUST get a 400; two hosts would
+    // let a proxy and this server route the same request differently. A missing Host is the
+    // caller's to judge (the handshake answers it with its own error).
+    if head.header_count("host") > 1 {
+        return Err(HttpError::Malformed);
+    }
     // RFC 9112 §6.1: a server that receives a Transfer-Encoding it does not understand SHOULD
     // answer 501; chunked is understood but not supported yet, so ask for a length instead.
     if head.header("transfer-encoding").is_some() {
@@ -593,6 +606,12 @@ mod tests {
                 b"POST /p HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
                 HttpError::ChunkedBodyUnsupported,
                 411,
+            ),
+            (
+                "two host lines",
+                b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n",
+                HttpError::Malformed,
+                400,
             ),
             (
                 "transfer-encoding with content-length",
