@@ -69,6 +69,14 @@ pub struct Limits {
     pub memory_budget_bytes: u64,
     /// Completions handled per loop turn before timers and flushes run. Default 4096.
     pub completions_per_turn_max: usize,
+    /// Messages each shard-to-shard ring holds. Default 8192. Full: a publish that needs it is
+    /// refused (HTTP 503 with Retry-After, or close 1013 for a WebSocket publisher), counted.
+    pub mesh_ring_capacity: u32,
+    /// Messages taken from the mesh rings per loop turn. Default 4096; the rest wait a turn.
+    pub mesh_messages_per_turn_max: u32,
+    /// Deliveries (frames queued to subscribers) per loop turn. Default 65,536: a larger
+    /// fan-out continues on the next turn, so one hot topic cannot starve the shard.
+    pub fanout_deliveries_per_turn_max: u32,
 }
 
 impl Default for Limits {
@@ -98,6 +106,9 @@ impl Default for Limits {
             drain_timeout_ms: 10_000,
             memory_budget_bytes: 256 << 20,
             completions_per_turn_max: 4096,
+            mesh_ring_capacity: 8192,
+            mesh_messages_per_turn_max: 4096,
+            fanout_deliveries_per_turn_max: 65_536,
         }
     }
 }
@@ -185,6 +196,15 @@ impl Limits {
         if self.outbound_bytes_max < 256 {
             return err("max_outbound_bytes", "must be at least 256");
         }
+        if self.mesh_ring_capacity < 16 {
+            return err("mesh_ring_capacity", "must be at least 16");
+        }
+        if self.mesh_messages_per_turn_max == 0 {
+            return err("mesh_messages_per_turn_max", "must be at least 1");
+        }
+        if self.fanout_deliveries_per_turn_max == 0 {
+            return err("fanout_deliveries_per_turn_max", "must be at least 1");
+        }
         if self.connections_max == 0 {
             return err("max_connections", "must be at least 1");
         }
@@ -241,6 +261,11 @@ pub struct ServerConfig {
     pub echo: bool,
     /// Which I/O driver the shards use.
     pub io: crate::driver::IoMode,
+    /// A message a `/topics/{name}` subscriber sends goes to the topic's other subscribers.
+    /// Off: such a message closes the connection with 1008.
+    pub allow_client_publish: bool,
+    /// Bearer token `POST /topics/{name}` requires. None: publishing over HTTP is refused (403).
+    pub publish_token: Option<String>,
     pub limits: Limits,
 }
 

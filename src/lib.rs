@@ -8,11 +8,13 @@
 //! - [`shard`]: the thread-per-core loop: connections, timers, HTTP routes, WebSocket state.
 //! - [`server`]: listeners, shard threads, signals.
 //! - [`admin`]: the admin listener (`/stats`, `/ready`), off the public port.
+//! - [`broker`]: per-core pub/sub: topic registries and the mesh of SPSC rings between shards.
 //! - [`bench`]: the `ringcast bench` load generator (client side).
 //! - [`ops`]: operations; [`ops::doctor`] checks the host against `tuning/README.md`.
 
 pub mod admin;
 pub mod bench;
+pub mod broker;
 #[allow(unsafe_code)]
 pub mod buf;
 pub mod config;

@@ -129,12 +129,18 @@ impl Server {
                 })?,
             );
         }
+        let mut ports =
+            crate::broker::mesh::build(placement.shards, config.limits.mesh_ring_capacity as usize)
+                .into_iter();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<&'static str, String>>();
         let mut threads = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
             let config = Arc::clone(&config);
             let shared_for_shard = Arc::clone(&shared);
             let ready = ready_tx.clone();
+            let port = ports
+                .next()
+                .unwrap_or_else(|| unreachable!("one mesh port per shard"));
             let cpu = (placement.pin && !placement.cpus.is_empty())
                 .then(|| placement.cpus[i % placement.cpus.len()]);
             let handle = std::thread::Builder::new()
@@ -161,7 +167,13 @@ impl Server {
                             return Ok(());
                         }
                     };
-                    let mut shard = Shard::new(i, driver, listener, config, shared_for_shard);
+                    match driver.wake_handle() {
+                        Ok(fd) => {
+                            let _ = shared_for_shard.wakers[i].set(fd);
+                        }
+                        Err(e) => tracing::warn!(shard = i, "no wake handle: {e}"),
+                    }
+                    let mut shard = Shard::new(i, driver, listener, config, shared_for_shard, port);
                     let _ = ready.send(Ok(shard.driver_name()));
                     drop(ready);
                     shard.run().map(drop)

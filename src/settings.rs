@@ -175,6 +175,16 @@ limit_settings! {
     /// Most buffers gathered into one send.
     send_iovecs_max => send_iovecs_max: usize, "RINGCAST_SEND_IOVECS_MAX", "buffers",
         "64", "the rest goes in the next send";
+    /// Messages each shard-to-shard ring holds.
+    mesh_ring_capacity => mesh_ring_capacity: u32, "RINGCAST_MESH_RING_CAPACITY", "messages",
+        "8192", "a publish needing it is refused: 503 + Retry-After, or close 1013; counted";
+    /// Messages taken from the mesh rings per loop turn.
+    mesh_messages_per_turn_max => mesh_messages_per_turn_max: u32,
+        "RINGCAST_MESH_MESSAGES_PER_TURN_MAX", "messages", "4096", "the rest wait for the next turn";
+    /// Frames queued to subscribers per loop turn.
+    fanout_deliveries_per_turn_max => fanout_deliveries_per_turn_max: u32,
+        "RINGCAST_FANOUT_DELIVERIES_PER_TURN_MAX", "deliveries", "65536",
+        "the fan-out continues on the next turn";
     /// Completions handled per loop turn.
     completions_per_turn_max => completions_per_turn_max: usize, "RINGCAST_COMPLETIONS_PER_TURN_MAX",
         "completions", "4096", "the rest wait for the next turn";
@@ -202,6 +212,12 @@ pub struct ServeArgs {
     /// run on].
     #[arg(long, env = "RINGCAST_SHARDS")]
     pub shards: Option<usize>,
+    /// Let /topics subscribers publish to the topic's other subscribers.
+    #[arg(long, env = "RINGCAST_ALLOW_CLIENT_PUBLISH", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_client_publish: Option<bool>,
+    /// Bearer token that `POST /topics/{name}` requires (unset: HTTP publishing is refused).
+    #[arg(long, env = "RINGCAST_PUBLISH_TOKEN", hide_env_values = true)]
+    pub publish_token: Option<String>,
     /// Pin shard i to the i-th CPU of the process's affinity mask.
     #[arg(long, env = "RINGCAST_PIN", num_args = 0..=1, default_missing_value = "true")]
     pub pin: Option<bool>,
@@ -218,6 +234,8 @@ struct FileConfig {
     io: Option<Io>,
     shards: Option<usize>,
     pin: Option<bool>,
+    allow_client_publish: Option<bool>,
+    publish_token: Option<String>,
     #[serde(flatten)]
     limits: FileLimits,
 }
@@ -295,8 +313,23 @@ pub fn resolve(args: &ServeArgs, nofile: u64) -> Result<Settings, SettingsError>
         listen,
         echo: args.echo.or(file.echo).unwrap_or(false),
         io: args.io.or(file.io).unwrap_or(Io::Auto).into(),
+        allow_client_publish: args
+            .allow_client_publish
+            .or(file.allow_client_publish)
+            .unwrap_or(false),
+        publish_token: args.publish_token.clone().or(file.publish_token),
         limits,
     };
+    if server
+        .publish_token
+        .as_deref()
+        .is_some_and(|t| t.is_empty())
+    {
+        return Err(SettingsError::Invalid {
+            key: "publish_token",
+            reason: "must not be empty (leave it unset to refuse HTTP publishing)".into(),
+        });
+    }
     Ok(Settings {
         server,
         placement,

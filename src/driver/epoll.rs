@@ -21,6 +21,8 @@ use super::{ConnKey, Event, RecvStop};
 
 const KIND_ACCEPT: u64 = 1;
 const KIND_CONN: u64 = 2;
+/// The shard's eventfd, written by other shards to wake it.
+const KIND_WAKE: u64 = 3;
 const GEN_MASK: u32 = 0x00ff_ffff;
 
 /// Reads per readable socket per turn before it yields to the others (bounded work per turn);
@@ -68,6 +70,8 @@ enum Pending {
 
 pub struct EpollDriver {
     epoll: OwnedFd,
+    /// Other shards write to it to wake this one.
+    wake_fd: OwnedFd,
     events: Vec<epoll::Event>,
     scratch: Vec<u8>,
     slots: Vec<Slot>,
@@ -83,8 +87,19 @@ pub struct EpollDriver {
 impl EpollDriver {
     pub fn new(cfg: EpollConfig) -> io::Result<Self> {
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        let wake_fd = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )?;
+        epoll::add(
+            &epoll,
+            &wake_fd,
+            epoll::EventData::new_u64(KIND_WAKE << 56),
+            epoll::EventFlags::IN,
+        )?;
         Ok(Self {
             epoll,
+            wake_fd,
             events: Vec::with_capacity(1024),
             scratch: vec![0; cfg.recv_buffer_bytes.max(4096) as usize],
             slots: Vec::new(),
@@ -99,6 +114,19 @@ impl EpollDriver {
 
     pub fn accept_armed(&self) -> bool {
         self.accept_armed
+    }
+
+    /// A descriptor other shards can wake this one through (a duplicate of its eventfd).
+    pub fn wake_handle(&self) -> io::Result<OwnedFd> {
+        self.wake_fd.try_clone()
+    }
+
+    /// Wakes the shard behind `target` (another shard's `wake_handle`).
+    pub fn wake(&mut self, target: RawFd) -> io::Result<()> {
+        match rustix::io::write(borrow(target), &1u64.to_ne_bytes()) {
+            Ok(_) | Err(rustix::io::Errno::AGAIN) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub fn arm_accept(&mut self, listener: RawFd) -> io::Result<()> {
@@ -258,6 +286,12 @@ impl EpollDriver {
             let kind = data >> 56;
             if kind == KIND_ACCEPT {
                 self.accept(handler);
+                continue;
+            }
+            if kind == KIND_WAKE {
+                // Reset the counter; the shard looks at its mesh rings every turn anyway.
+                let mut buf = [0u8; 8];
+                let _ = rustix::io::read(&self.wake_fd, &mut buf);
                 continue;
             }
             let key = ConnKey {

@@ -146,6 +146,22 @@ impl Driver {
         }
     }
 
+    /// A descriptor other shards pass to [`Driver::wake`] to wake this shard.
+    pub fn wake_handle(&self) -> io::Result<OwnedFd> {
+        match self {
+            Driver::Uring(d) => d.wake_handle(),
+            Driver::Epoll(d) => d.wake_handle(),
+        }
+    }
+
+    /// Wakes the shard whose `wake_handle` is `target` (all shards run the same driver).
+    pub fn wake(&mut self, target: RawFd) -> io::Result<()> {
+        match self {
+            Driver::Uring(d) => d.wake(target),
+            Driver::Epoll(d) => d.wake(target),
+        }
+    }
+
     pub fn accept_armed(&self) -> bool {
         match self {
             Driver::Uring(d) => d.accept_armed(),

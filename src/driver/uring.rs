@@ -23,6 +23,11 @@ const KIND_ACCEPT: u64 = 1;
 const KIND_RECV: u64 = 2;
 const KIND_SEND: u64 = 3;
 const KIND_CANCEL: u64 = 4;
+/// A wake-up posted into this ring by another shard (IORING_OP_MSG_RING, Linux 5.18+).
+const KIND_WAKE: u64 = 5;
+
+/// IORING_MSG_RING_CQE_SKIP (Linux 6.0): post no completion on the sending ring.
+const MSG_RING_CQE_SKIP: u32 = 1;
 
 const GEN_MASK: u32 = 0x00ff_ffff;
 
@@ -92,6 +97,7 @@ impl UringDriver {
             (opcode::RecvMulti::CODE, "IORING_OP_RECV"),
             (opcode::SendMsg::CODE, "IORING_OP_SENDMSG"),
             (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL"),
+            (opcode::MsgRingData::CODE, "IORING_OP_MSG_RING"),
         ] {
             if !probe.is_supported(code) {
                 return Err(io::Error::new(
@@ -136,6 +142,26 @@ impl UringDriver {
 
     pub fn accept_armed(&self) -> bool {
         self.accept_armed
+    }
+
+    /// A descriptor other shards can post wake-ups to: a duplicate of the ring's, so the ring
+    /// file outlives this driver while anyone may still post to it.
+    pub fn wake_handle(&self) -> io::Result<OwnedFd> {
+        use std::os::fd::{AsRawFd, BorrowedFd};
+        // SAFETY: the ring's descriptor is open for as long as `self.ring` lives, which covers
+        // this call.
+        let fd = unsafe { BorrowedFd::borrow_raw(self.ring.as_raw_fd()) };
+        fd.try_clone_to_owned()
+    }
+
+    /// Posts a wake-up completion into the ring behind `target` (another shard's
+    /// `wake_handle`), so a shard sleeping in io_uring_enter sees its mesh rings.
+    pub fn wake(&mut self, target: RawFd) -> io::Result<()> {
+        let e = opcode::MsgRingData::new(types::Fd(target), 0, user_data(KIND_WAKE, 0, 0), None)
+            .opcode_flags(MSG_RING_CQE_SKIP)
+            .build()
+            .user_data(user_data(KIND_WAKE, 0, 1));
+        self.push(e)
     }
 
     pub fn arm_accept(&mut self, listener: RawFd) -> io::Result<()> {

@@ -11,9 +11,11 @@ pub mod sendq;
 pub mod stats;
 pub mod timer;
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -24,6 +26,8 @@ use crate::buf::OutBuf;
 use slab::Slab;
 use socket2::{SockRef, Socket};
 
+use crate::broker::mesh::{MeshMsg, MeshPort};
+use crate::broker::topic::{self, TopicId, Topics};
 use crate::config::{Limits, ServerConfig};
 use crate::driver::{ConnKey, Driver, Event, RecvStop};
 use crate::proto::close::{self, CloseFrame};
@@ -33,7 +37,7 @@ use crate::proto::handshake;
 use crate::proto::http::{self, HEADER_COUNT_CEILING};
 use conn::{Conn, Phase, WebSocket, flag};
 use per_ip::PerIp;
-use router::{Endpoint, Routed};
+use router::{Endpoint, Routed, UpgradeTo};
 use sendq::SendQueues;
 use stats::{ShardCounters, ShardStats};
 use timer::{Tick, TimerWheel, ms_to_ticks, tick_reached};
@@ -51,6 +55,8 @@ pub struct Shared {
     pub stop: Arc<AtomicBool>,
     pub counters: Vec<ShardCounters>,
     pub driver_name: std::sync::OnceLock<&'static str>,
+    /// Each shard's wake handle (see [`Driver::wake`]), set once its driver exists.
+    pub wakers: Vec<std::sync::OnceLock<OwnedFd>>,
 }
 
 impl Shared {
@@ -59,6 +65,7 @@ impl Shared {
             stop,
             counters: (0..shards).map(|_| ShardCounters::default()).collect(),
             driver_name: std::sync::OnceLock::new(),
+            wakers: (0..shards).map(|_| std::sync::OnceLock::new()).collect(),
         }
     }
 
@@ -98,7 +105,25 @@ struct State {
     drain_deadline: Option<Tick>,
     last_publish: Tick,
     stats: ShardStats,
+    topics: Topics,
+    mesh: MeshPort,
+    /// Fan-outs in progress, oldest first (each may span loop turns).
+    fanout: VecDeque<FanoutJob>,
 }
+
+/// One published frame being queued to a topic's local subscribers.
+struct FanoutJob {
+    topic: TopicId,
+    frame: Rc<Bytes>,
+    /// The next subscriber slot to deliver to.
+    cursor: usize,
+    /// The publishing connection, which does not get its own message.
+    exclude: Option<u32>,
+}
+
+/// A publish could not be queued for every interested shard (a mesh ring is full).
+#[derive(Debug)]
+struct MeshFull;
 
 impl Shard {
     pub fn new(
@@ -107,6 +132,7 @@ impl Shard {
         listener: Socket,
         config: Arc<ServerConfig>,
         shared: Arc<Shared>,
+        mesh: MeshPort,
     ) -> Self {
         let limits = config.limits;
         let per_ip = (limits.connections_per_ip_max > 0 || limits.handshakes_per_ip_per_s > 0)
@@ -144,6 +170,9 @@ impl Shard {
                 drain_deadline: None,
                 last_publish: 0,
                 stats: ShardStats::default(),
+                topics: Topics::new(),
+                mesh,
+                fanout: VecDeque::new(),
             },
         }
     }
@@ -169,15 +198,26 @@ impl Shard {
             } else {
                 self.state.resume_accept(&mut self.driver);
             }
+            // Work left from the last turn (a fan-out cut short, mesh messages, interest changes
+            // waiting for room) means no sleeping.
+            let busy = !self.state.fanout.is_empty()
+                || self.state.mesh.has_inbound()
+                || self.state.mesh.has_backlog();
+            let timeout = if busy { Duration::ZERO } else { tick };
             let state = &mut self.state;
-            self.driver.poll(tick, max, &mut |ev| state.on_event(ev))?;
+            self.driver
+                .poll(timeout, max, &mut |ev| state.on_event(ev))?;
             self.state.stats.loop_turns += 1;
             self.state.now =
                 (self.state.epoch.elapsed().as_millis() as u64 / timer::TICK_MS) as Tick;
+            self.state.drain_mesh();
+            self.state.run_fanout();
             self.state.fire_timers();
             self.state.enforce_budget();
             self.state.flush_dirty(&mut self.driver);
-            self.state.publish();
+            self.state.mesh.flush_backlog();
+            self.state.wake_peers(&mut self.driver);
+            self.state.publish_stats();
         }
         if !self.state.conns.is_empty() {
             tracing::info!(
@@ -212,7 +252,7 @@ impl State {
         }
     }
 
-    fn publish(&mut self) {
+    fn publish_stats(&mut self) {
         if self.last_publish != self.now {
             self.publish_now();
         }
@@ -405,6 +445,9 @@ impl State {
                 .held_bytes
                 .saturating_sub(ws.decoder.buffered_bytes() as u64);
             self.stats.websockets = self.stats.websockets.saturating_sub(1);
+            if let Endpoint::Topic { id, slot } = ws.endpoint {
+                self.unsubscribe(index, id, slot);
+            }
         }
         if conn.has(flag::REJECTING) {
             self.rejecting -= 1;
@@ -508,9 +551,32 @@ impl State {
                     let mut out = Vec::with_capacity(256);
                     let keep_alive = head.keep_alive && !draining;
                     match routed {
-                        Routed::Upgrade(endpoint, accept) => {
+                        Routed::Upgrade(to, accept) => {
                             handshake::write_accept(&accept, &mut out);
+                            let endpoint = match to {
+                                UpgradeTo::Echo => Endpoint::Echo,
+                                UpgradeTo::Topic(name) => self.subscribe(index, name),
+                            };
                             HttpOutcome::Upgrade(endpoint, total, out)
+                        }
+                        Routed::Publish { topic, body } => {
+                            let (status, body) = match self.publish_http(topic, body) {
+                                Ok(()) => (202, &b"{\"ok\":true}"[..]),
+                                Err(MeshFull) => (
+                                    503,
+                                    &b"{\"error\":\"a shard-to-shard queue is full; retry\"}"[..],
+                                ),
+                            };
+                            let mut headers = vec![("Content-Type", "application/json")];
+                            if status == 503 {
+                                headers.push(("Retry-After", "1"));
+                            }
+                            http::write_response(status, &headers, body, keep_alive, &mut out);
+                            if keep_alive {
+                                HttpOutcome::Next(total, out)
+                            } else {
+                                HttpOutcome::Close(out)
+                            }
                         }
                         Routed::Reject(e) => {
                             handshake::write_reject(&e, &mut out);
@@ -598,6 +664,8 @@ impl State {
     fn on_ws_bytes(&mut self, index: u32, input: &mut [u8]) {
         let limits = self.limits.decoder();
         let outbound_max = self.limits.outbound_bytes_max;
+        let allow_publish = self.config.allow_client_publish;
+        let mut to_publish: Vec<Bytes> = Vec::new();
         let conn = &mut self.conns[index as usize];
         let Conn {
             phase,
@@ -643,6 +711,17 @@ impl State {
                                 failure = Some(close::POLICY_VIOLATION);
                             }
                         }
+                        Endpoint::Topic { .. } if allow_publish => {
+                            // Encoded once here; every subscriber on every shard gets these bytes.
+                            let mut out = Vec::with_capacity(p.len() + frame::MAX_HEADER_BYTES);
+                            frame::encode_frame(opcode, p, &mut out);
+                            to_publish.push(Bytes::from(out));
+                        }
+                        Endpoint::Topic { .. } => {
+                            // Client publishing is off: a defined refusal, not a silent drop.
+                            self.stats.client_publish_refused += 1;
+                            failure = Some(close::POLICY_VIOLATION);
+                        }
                     }
                 }
                 WsEvent::Text(_) | WsEvent::Binary(_) => {}
@@ -686,12 +765,206 @@ impl State {
         }
         let held_after = ws.decoder.buffered_bytes() as u64 + u64::from(*outq_bytes);
         self.held_bytes = (self.held_bytes + held_after).saturating_sub(held_before);
+        let publish_to = match ws.endpoint {
+            Endpoint::Topic { id, .. } if !to_publish.is_empty() => Some(id),
+            _ => None,
+        };
         if close_after {
             *flags |= flag::READ_DONE;
+        }
+        if let Some(id) = publish_to {
+            for frame in to_publish {
+                if self.publish(id, frame, Some(index)).is_err() {
+                    // RFC 6455 §7.4.1 1013: try again later; the publisher learns its messages
+                    // were not all taken, instead of losing them silently.
+                    self.send_close(index, 1013);
+                    break;
+                }
+            }
+        }
+        if close_after {
             self.close_after_flush(index);
         } else {
             self.mark_dirty(index);
         }
+    }
+
+    /// Subscribes connection `index` to topic `name`, announcing the shard's interest to the
+    /// other shards when it is the first local subscriber.
+    fn subscribe(&mut self, index: u32, name: &str) -> Endpoint {
+        let (id, slot, first) = self.topics.subscribe(name, index);
+        if first {
+            let name = Arc::clone(&self.topics.topic(id).name);
+            self.mesh.announce_interest(&name, true);
+        }
+        Endpoint::Topic { id, slot }
+    }
+
+    fn unsubscribe(&mut self, index: u32, id: TopicId, slot: u32) {
+        let name = Arc::clone(&self.topics.topic(id).name);
+        let gone = self.topics.unsubscribe(id, slot, index);
+        if let Some((moved, slot)) = gone.moved {
+            self.set_topic_slot(moved, slot);
+        }
+        if gone.last_local {
+            self.mesh.announce_interest(&name, false);
+        }
+    }
+
+    fn set_topic_slot(&mut self, index: u32, slot: u32) {
+        if let Some(Conn {
+            phase: Phase::WebSocket(ws),
+            ..
+        }) = self.conns.get_mut(index as usize)
+            && let Endpoint::Topic { slot: s, .. } = &mut ws.endpoint
+        {
+            *s = slot;
+        }
+    }
+
+    /// `POST /topics/{name}`: the body becomes one frame (text when it is UTF-8), encoded once.
+    fn publish_http(&mut self, name: &str, body: &[u8]) -> Result<(), MeshFull> {
+        self.stats.http_publishes += 1;
+        let Some(id) = self.topics.lookup(name) else {
+            // Nobody subscribes to it on any shard this shard knows of.
+            return Ok(());
+        };
+        let opcode = if simdutf8::basic::from_utf8(body).is_ok() {
+            Opcode::Text
+        } else {
+            Opcode::Binary
+        };
+        let mut out = Vec::with_capacity(body.len() + frame::MAX_HEADER_BYTES);
+        frame::encode_frame(opcode, body, &mut out);
+        self.publish(id, Bytes::from(out), None)
+    }
+
+    /// Sends an encoded frame to every subscriber of `id`: one ring message to each other shard
+    /// with subscribers, and a fan-out job here. All or nothing: when a ring is full nothing is
+    /// sent and the caller reports it.
+    fn publish(&mut self, id: TopicId, frame: Bytes, exclude: Option<u32>) -> Result<(), MeshFull> {
+        let topic = self.topics.topic(id);
+        if !self.mesh.has_room(topic.remote_shards()) {
+            self.stats.mesh_full += 1;
+            return Err(MeshFull);
+        }
+        self.stats.publishes += 1;
+        let name = Arc::clone(&topic.name);
+        let remote: Vec<usize> = topic.remote_shards().collect();
+        let local = topic.live > 0;
+        for dest in remote {
+            self.mesh.publish(dest, Arc::clone(&name), frame.clone());
+        }
+        if local {
+            self.topics.begin_fanout(id);
+            self.fanout.push_back(FanoutJob {
+                topic: id,
+                frame: Rc::new(frame),
+                cursor: 0,
+                exclude,
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes messages from the other shards: publishes become local fan-outs, interest
+    /// changes update the registry.
+    fn drain_mesh(&mut self) {
+        let max = self.limits.mesh_messages_per_turn_max as usize;
+        let mut msgs = Vec::new();
+        self.mesh.drain(max, |_, m| msgs.push(m));
+        for m in msgs {
+            match m {
+                MeshMsg::Publish { topic, frame } => {
+                    self.stats.mesh_in += 1;
+                    if let Some(id) = self.topics.lookup(&topic)
+                        && self.topics.topic(id).live > 0
+                    {
+                        self.topics.begin_fanout(id);
+                        self.fanout.push_back(FanoutJob {
+                            topic: id,
+                            frame: Rc::new(frame),
+                            cursor: 0,
+                            exclude: None,
+                        });
+                    }
+                }
+                MeshMsg::Interest { topic, from, on } => self.topics.set_remote(&topic, from, on),
+            }
+        }
+    }
+
+    /// Queues frames to subscribers, oldest publish first, at most
+    /// `fanout_deliveries_per_turn_max` per turn. Each subscriber gets a shared reference to
+    /// the one encoded frame; its send is submitted once per turn with everything queued.
+    fn run_fanout(&mut self) {
+        let mut budget = self.limits.fanout_deliveries_per_turn_max as usize;
+        while budget > 0 {
+            let Some(job) = self.fanout.front_mut() else {
+                break;
+            };
+            let subscribers = &self.topics.topic(job.topic).subscribers;
+            let end = subscribers.len().min(job.cursor + budget);
+            let batch: Vec<u32> = subscribers[job.cursor..end].to_vec();
+            job.cursor = end;
+            let done = end == subscribers.len();
+            let frame = Rc::clone(&job.frame);
+            let exclude = job.exclude;
+            budget -= batch.len();
+            for index in batch {
+                if index != topic::TOMBSTONE && Some(index) != exclude {
+                    self.deliver(index, &frame);
+                }
+            }
+            if done {
+                let job = self.fanout.pop_front().unwrap_or_else(|| unreachable!());
+                for (index, slot) in self.topics.end_fanout(job.topic) {
+                    self.set_topic_slot(index, slot);
+                }
+            }
+        }
+    }
+
+    /// Queues a shared frame to one subscriber, or closes it as a slow consumer (1008) when it
+    /// is more than `max_outbound_bytes` behind.
+    fn deliver(&mut self, index: u32, frame: &Rc<Bytes>) {
+        let max = self.limits.outbound_bytes_max;
+        let Some(conn) = self.conns.get_mut(index as usize) else {
+            return;
+        };
+        if conn.has(flag::SHUTDOWN | flag::CLOSE_AFTER_FLUSH) {
+            return;
+        }
+        match &conn.phase {
+            Phase::WebSocket(ws) if !ws.close_sent => {}
+            _ => return,
+        }
+        let len = frame.len();
+        if conn.outq_bytes > 0 && conn.outq_bytes as usize + len > max {
+            self.stats.slow_consumer_closes += 1;
+            // Drop what it has not been sent yet and tell it why; what is in flight finishes.
+            let dropped = self.sendq.clear(&mut conn.outq);
+            conn.outq_bytes = conn.outq_bytes.saturating_sub(dropped as u32);
+            self.held_bytes = self.held_bytes.saturating_sub(dropped);
+            self.send_close(index, close::POLICY_VIOLATION);
+            return;
+        }
+        conn.outq_bytes += len as u32;
+        self.held_bytes += len as u64;
+        self.sendq
+            .push_back(&mut conn.outq, OutBuf::shared(Rc::clone(frame)));
+        self.stats.deliveries += 1;
+        self.mark_dirty(index);
+    }
+
+    /// Wakes each shard this one pushed mesh messages to during the turn, once.
+    fn wake_peers(&mut self, driver: &mut Driver) {
+        let wakers = &self.shared.wakers;
+        self.mesh.take_woken(|dest| {
+            if let Some(fd) = wakers.get(dest).and_then(|w| w.get()) {
+                let _ = driver.wake(fd.as_raw_fd());
+            }
+        });
     }
 
     /// Queues protocol output that is small and bounded by construction (HTTP answers, control

@@ -79,6 +79,18 @@ counters! {
     pings_sent,
     /// Connections closed because a ping got no answer.
     pong_timeouts,
+    /// Publishes accepted on this shard (WebSocket and HTTP).
+    publishes,
+    /// `POST /topics/{name}` requests.
+    http_publishes,
+    /// Frames queued to subscribers (one per subscriber per message).
+    deliveries,
+    /// Published frames received from other shards.
+    mesh_in,
+    /// Publishes refused because a shard-to-shard ring was full (503 or close 1013).
+    mesh_full,
+    /// Messages from /topics subscribers refused because client publishing is off (close 1008).
+    client_publish_refused,
     /// Loop turns.
     loop_turns,
     /// Send operations submitted.
