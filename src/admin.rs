@@ -1,4 +1,4 @@
-//! The admin listener: `/stats`, `/ready` and `/health` on their own address (default
+//! The admin listener: `/stats`, `/metrics`, `/ready` and `/health` on their own address (default
 //! 127.0.0.1:9601), off the public port. A plain blocking thread: scrapes are rare and small,
 //! and nothing here may ever touch a shard's hot path (it only reads published counters).
 
@@ -99,8 +99,50 @@ fn route(method: &str, path: &str, shared: &Shared) -> (u16, &'static str, Vec<u
         }
         "/ready" => (200, "text/plain", b"ready".to_vec()),
         "/stats" => (200, "application/json", stats_json(shared).into_bytes()),
+        "/metrics" => (
+            200,
+            "text/plain; version=0.0.4",
+            metrics_text(shared).into_bytes(),
+        ),
         _ => (404, "text/plain", b"not found".to_vec()),
     }
+}
+
+/// Prometheus text exposition: every shard counter as `ringcast_<name>` with a `shard` label
+/// (counters get `_total`), plus `ringcast_draining` and `ringcast_shards`.
+pub fn metrics_text(shared: &Shared) -> String {
+    use crate::shard::stats::{GAUGES, HELP};
+    use std::fmt::Write as _;
+    let snapshots: Vec<ShardStats> = shared.counters.iter().map(|c| c.snapshot()).collect();
+    let mut out = String::with_capacity(4096);
+    for (i, (name, help)) in HELP.iter().enumerate() {
+        let gauge = GAUGES.contains(name);
+        let metric = if gauge {
+            format!("ringcast_{name}")
+        } else {
+            format!("ringcast_{name}_total")
+        };
+        let _ = writeln!(out, "# HELP {metric} {}", help.trim());
+        let _ = writeln!(
+            out,
+            "# TYPE {metric} {}",
+            if gauge { "gauge" } else { "counter" }
+        );
+        for (shard, s) in snapshots.iter().enumerate() {
+            let value = s.fields().get(i).map_or(0, |f| f.1);
+            let _ = writeln!(out, "{metric}{{shard=\"{shard}\"}} {value}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP ringcast_draining 1 while the server drains after SIGTERM."
+    );
+    let _ = writeln!(out, "# TYPE ringcast_draining gauge");
+    let _ = writeln!(out, "ringcast_draining {}", u8::from(shared.draining()));
+    let _ = writeln!(out, "# HELP ringcast_shards Shards (threads) serving.");
+    let _ = writeln!(out, "# TYPE ringcast_shards gauge");
+    let _ = writeln!(out, "ringcast_shards {}", shared.counters.len());
+    out
 }
 
 /// `{"draining":false,"driver":"io_uring","shards":[{"shard":0,"connections":..},..],"total":{..}}`
@@ -128,4 +170,39 @@ pub fn stats_json(shared: &Shared) -> String {
         "total": tot,
     })
     .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    #[test]
+    fn metrics_are_prometheus_text_with_a_line_per_shard() {
+        let shared = Shared::new(Arc::new(AtomicBool::new(false)), 2);
+        shared.counters[1].publish(&ShardStats {
+            deliveries: 7,
+            connections: 3,
+            ..Default::default()
+        });
+        let text = metrics_text(&shared);
+        assert!(
+            text.contains("# TYPE ringcast_deliveries_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ringcast_deliveries_total{shard=\"1\"} 7"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE ringcast_connections gauge"), "{text}");
+        assert!(
+            text.contains("ringcast_connections{shard=\"1\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("ringcast_draining 0"), "{text}");
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<u64>().is_ok(), "bad sample line: {line}");
+        }
+    }
 }

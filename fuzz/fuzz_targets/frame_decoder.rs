@@ -1,2 +1,4 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| { ringcast::proto::decoder::fuzz_decoder(data); });
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    ringcast::proto::decoder::fuzz_decoder(data);
+});

@@ -1150,6 +1150,14 @@ impl State {
     }
 
     fn flush_dirty(&mut self, driver: &mut Driver) {
+        let sends_before = self.stats.sends;
+        self.flush_dirty_inner(driver);
+        if self.stats.sends != sends_before {
+            self.stats.send_batches += 1;
+        }
+    }
+
+    fn flush_dirty_inner(&mut self, driver: &mut Driver) {
         let mut dirty = std::mem::take(&mut self.dirty);
         for index in dirty.drain(..) {
             let Some(conn) = self.conns.get_mut(index as usize) else {

@@ -5,12 +5,15 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+    ($($(#[doc = $doc:literal])* $name:ident),* $(,)?) => {
         /// One shard's counters, owned and written by that shard only.
         #[derive(Debug, Default, Clone, PartialEq, Eq)]
         pub struct ShardStats {
-            $($(#[$doc])* pub $name: u64,)*
+            $($(#[doc = $doc])* pub $name: u64,)*
         }
+
+        /// `(name, help text)` of every counter, for the Prometheus exposition.
+        pub const HELP: &[(&str, &str)] = &[$((stringify!($name), concat!($($doc),*)),)*];
 
         /// The published copy of a shard's counters.
         #[derive(Debug, Default)]
@@ -93,9 +96,15 @@ counters! {
     client_publish_refused,
     /// Loop turns.
     loop_turns,
-    /// Send operations submitted.
+    /// Send operations submitted (each carries every frame queued for one connection, up to
+    /// send_iovecs_max).
     sends,
+    /// Loop turns that submitted at least one send (sends / send_batches = batch size).
+    send_batches,
 }
+
+/// Counters that are levels, not running totals.
+pub const GAUGES: &[&str] = &["connections", "websockets"];
 
 #[cfg(test)]
 mod tests {
