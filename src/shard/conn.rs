@@ -121,4 +121,9 @@ mod tests {
             std::mem::size_of::<Conn>()
         );
     }
+
+    #[test]
+    fn record_size_is_reported() {
+        eprintln!("size_of::<Conn>() = {}", std::mem::size_of::<Conn>());
+    }
 }
