@@ -130,7 +130,7 @@ pub struct EchoReport {
 /// Runs `bench echo`. Per-connection failures are counted in the report, not returned.
 pub fn run_echo(args: &EchoArgs) -> Result<EchoReport, BenchError> {
     validate(args)?;
-    let target = Target::for_run(&args.url, args.connections)?;
+    let target = Target::for_run(&args.url, args.connections, "connections")?;
     let shared = Shared {
         connections: args.connections,
         workers: args.workers,

@@ -203,7 +203,7 @@ pub fn run_fanout(args: &FanoutArgs) -> Result<FanoutReport, BenchError> {
     validate(args)?;
     let url = format!("{}/topics/{}", args.url.trim_end_matches('/'), args.topic);
     // Subscribers plus the publisher's connection.
-    let target = Target::for_run(&url, args.subscribers + 1)?;
+    let target = Target::for_run(&url, args.subscribers + 1, "subscribers")?;
     let shared = Shared {
         subscribers: args.subscribers,
         workers: args.workers,
@@ -1004,6 +1004,34 @@ mod tests {
     }
 
     #[test]
+    fn dropped_and_duplicated_deliveries_are_counted_exactly() {
+        let addr = test_server::spawn_with_faults(
+            "t",
+            test_server::Faults {
+                drop_every: Some(10),
+                duplicate_to_first: true,
+            },
+        );
+        let mut args = FanoutArgs::new(format!("ws://{addr}"));
+        args.subscribers = 20;
+        args.messages = 100;
+        args.publish = Publish::Http;
+        args.token = "t".to_owned();
+        args.drain_timeout_s = 1;
+        let report = run_fanout(&args).unwrap();
+        // Publishes 0, 10, ..., 90 reach nobody; the first subscriber gets the other 90 twice.
+        assert_eq!(report.lost, 10 * 20, "{}", report.to_text());
+        assert_eq!(report.received, 90 * 20);
+        assert_eq!(report.duplicates, 90);
+        assert_eq!(report.out_of_order, 0);
+        assert!(report.drain_timed_out);
+        assert!(
+            report.is_complete(),
+            "loss is a measurement, not a failed run"
+        );
+    }
+
+    #[test]
     fn paced_publish_takes_messages_over_rate_seconds() {
         let mut args = args(Publish::Ws);
         args.rate = 500;
@@ -1052,7 +1080,7 @@ mod tests {
             },
             "pipeline",
         );
-        reject(&|a| a.subscribers = 19_000, "connections");
+        reject(&|a| a.subscribers = 19_000, "subscribers");
         reject(
             &|a| {
                 a.subscribers = 10_000;

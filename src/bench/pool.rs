@@ -40,15 +40,15 @@ pub struct Target {
 pub const SOCKETS_PER_PROCESS_MAX: u32 = 19_000;
 
 impl Target {
-    /// Parses and resolves `url`, checks that `sockets` fit the per-process budget and
+    /// Parses and resolves `url`, checks that `sockets` (set by `--{flag}`) fit the per-process budget and
     /// RLIMIT_NOFILE, and spreads source addresses over 127.0.0.x for loopback targets (see
     /// [`auto_source_ips`]).
-    pub fn for_run(url: &str, sockets: u32) -> Result<Self, BenchError> {
+    pub fn for_run(url: &str, sockets: u32, flag: &'static str) -> Result<Self, BenchError> {
         let url = WsUrl::parse(url)?;
         let addr = url.resolve()?;
         if sockets > SOCKETS_PER_PROCESS_MAX {
             return Err(BenchError::InvalidArgument {
-                name: "connections",
+                name: flag,
                 reason: format!(
                     "{sockets} sockets are over {SOCKETS_PER_PROCESS_MAX} per bench process: \
                      run several processes"
@@ -237,8 +237,8 @@ impl<T> Pool<T> {
     }
 
     /// Waits up to `timeout` for readiness, then for each ready connection: hands its events to
-    /// `on_event` (with the member's serial, the member minus its connection, and the time the
-    /// wait returned), then calls `after` with the whole member (to send). Connections that end
+    /// `on_event` (with the member's serial, the member minus its connection, and the time its
+    /// read started), then calls `after` with the whole member (to send). Connections that end
     /// are removed after `after` has seen them in state [`ConnState::Done`].
     pub fn poll(
         &mut self,
@@ -247,8 +247,10 @@ impl<T> Pool<T> {
         mut after: impl FnMut(&mut Member<T>),
     ) {
         self.wait(timeout);
-        let now = Instant::now();
         for index in 0..self.ready.len() {
+            // A clock read per connection (vDSO, tens of ns), not per wait: a batch can take long
+            // enough that one timestamp would skew the latency of the connections read last.
+            let now = Instant::now();
             let (key, ready) = self.ready[index];
             // A key removed earlier in this batch is stale; new connections are opened only
             // between batches, so a key is never reused within one.

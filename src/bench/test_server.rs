@@ -14,17 +14,36 @@ use super::frame::{self, Opcode};
 
 type Subscribers = Vec<(u64, Arc<Mutex<TcpStream>>)>;
 
+/// Deliberate mistakes, so tests can check that the bench counts them exactly.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    /// Skip every publish whose index (0-based, per server) is a multiple of this.
+    pub drop_every: Option<u64>,
+    /// Send every publish twice to the first subscriber that joined.
+    pub duplicate_to_first: bool,
+}
+
 #[derive(Default)]
 struct State {
     topics: Mutex<HashMap<String, Subscribers>>,
     next_id: AtomicU64,
+    publishes: AtomicU64,
+    faults: Faults,
 }
 
 /// Starts the stand-in on 127.0.0.1:0; it serves until the test process ends.
 pub fn spawn(token: &str) -> SocketAddr {
+    spawn_with_faults(token, Faults::default())
+}
+
+/// [`spawn`], making the given mistakes.
+pub fn spawn_with_faults(token: &str, faults: Faults) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let state = Arc::new(State::default());
+    let state = Arc::new(State {
+        faults,
+        ..State::default()
+    });
     let token = token.to_owned();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
@@ -189,6 +208,14 @@ fn serve_http(
 /// Sends a message to every subscriber of `topic` except `from`; returns how many got it.
 fn publish(state: &State, topic: &str, from: Option<u64>, opcode: Opcode, payload: &[u8]) -> usize {
     let bytes = server_frame(opcode, payload);
+    let index = state.publishes.fetch_add(1, Ordering::Relaxed);
+    if state
+        .faults
+        .drop_every
+        .is_some_and(|every| index % every == 0)
+    {
+        return 0;
+    }
     let subs: Subscribers = state
         .topics
         .lock()
@@ -201,8 +228,12 @@ fn publish(state: &State, topic: &str, from: Option<u64>, opcode: Opcode, payloa
         if Some(id) == from {
             continue;
         }
-        if writer.lock().unwrap().write_all(&bytes).is_ok() {
+        let mut writer = writer.lock().unwrap();
+        if writer.write_all(&bytes).is_ok() {
             delivered += 1;
+        }
+        if state.faults.duplicate_to_first && id == 0 {
+            let _ = writer.write_all(&bytes);
         }
     }
     delivered
