@@ -212,7 +212,7 @@ fn publish(state: &State, topic: &str, from: Option<u64>, opcode: Opcode, payloa
     if state
         .faults
         .drop_every
-        .is_some_and(|every| index % every == 0)
+        .is_some_and(|every| index.is_multiple_of(every))
     {
         return 0;
     }
