@@ -100,7 +100,7 @@ impl ConnectArgs {
 }
 
 /// Failed connections by reason. A connection counts once, under the first reason it hit.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct FailureCounts {
     /// ECONNREFUSED.
     pub refused: u64,

@@ -92,7 +92,6 @@ pub struct EchoReport {
     /// Connections that failed to upgrade.
     pub connect_failed: u64,
     /// Why they failed.
-    #[serde(skip)]
     pub connect_failures: FailureCounts,
     /// Connections that ended before the end of the run.
     pub dropped: u64,

@@ -145,7 +145,6 @@ pub struct FanoutReport {
     /// Subscribers that failed to upgrade.
     pub subscribe_failed: u64,
     /// Why they failed.
-    #[serde(skip)]
     pub subscribe_failures: FailureCounts,
     /// Subscribers whose connection ended before they had every message.
     pub subscribers_dropped: u64,
@@ -163,7 +162,7 @@ pub struct FanoutReport {
     pub publish_rejected: BTreeMap<u16, u64>,
     /// Why the publisher stopped early, if it did.
     pub publisher_error: Option<String>,
-    /// First send to last send (last 2xx for HTTP), microseconds.
+    /// First send to last send (to the last response for HTTP), microseconds.
     pub publish_us: u64,
     /// Deliveries expected: subscribers asked for x messages asked for.
     pub expected: u64,
@@ -974,6 +973,7 @@ mod tests {
         assert!(report.client_cpu.is_some());
         let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
         assert_eq!(json["lost"], 0);
+        assert_eq!(json["subscribe_failures"]["refused"], 0);
         assert_eq!(json["publish"], "ws");
         assert!(json["latency_us"]["p999"].is_u64());
     }
