@@ -49,6 +49,10 @@ enum Command {
 enum BenchCommand {
     /// Open N WebSocket connections, report handshakes/s and latency, hold them, close them.
     Connect(ringcast::bench::ConnectArgs),
+    /// C connections each keeping W messages in flight to an echo endpoint for T seconds.
+    Echo(ringcast::bench::EchoArgs),
+    /// N subscribers on a topic, one publisher (WebSocket or HTTP): loss, latency, CPU/delivery.
+    Fanout(ringcast::bench::FanoutArgs),
 }
 
 #[derive(clap::Args)]
@@ -88,6 +92,8 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(&args),
         Command::Doctor(args) => doctor(&args),
         Command::Bench(BenchCommand::Connect(args)) => bench_connect(&args),
+        Command::Bench(BenchCommand::Echo(args)) => bench_echo(&args),
+        Command::Bench(BenchCommand::Fanout(args)) => bench_fanout(&args),
         Command::SettingsTable => {
             print!("{}", settings::limits_table_markdown());
             ExitCode::SUCCESS
@@ -244,6 +250,43 @@ fn bench_connect(args: &ringcast::bench::ConnectArgs) -> ExitCode {
                     | BenchError::OpenFileLimit { .. }
             );
             ExitCode::from(if usage { EXIT_USAGE } else { EXIT_OSERR })
+        }
+    }
+}
+
+fn bench_echo(args: &ringcast::bench::EchoArgs) -> ExitCode {
+    match ringcast::bench::run_echo(args) {
+        Ok(report) => {
+            if args.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_text());
+            }
+            // A connection that failed or broke makes the run fail, so scripts notice.
+            let clean = report.connect_failed == 0 && report.dropped == 0;
+            ExitCode::from(if clean { 0 } else { 1 })
+        }
+        Err(e) => {
+            eprintln!("ringcast bench echo: {e}");
+            ExitCode::from(if e.is_usage() { EXIT_USAGE } else { EXIT_OSERR })
+        }
+    }
+}
+
+fn bench_fanout(args: &ringcast::bench::FanoutArgs) -> ExitCode {
+    match ringcast::bench::run_fanout(args) {
+        Ok(report) => {
+            if args.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_text());
+            }
+            // Loss is a measurement; a subscriber or publisher that failed makes the run fail.
+            ExitCode::from(if report.is_complete() { 0 } else { 1 })
+        }
+        Err(e) => {
+            eprintln!("ringcast bench fanout: {e}");
+            ExitCode::from(if e.is_usage() { EXIT_USAGE } else { EXIT_OSERR })
         }
     }
 }

@@ -420,6 +420,20 @@ impl ClientConn {
         self.flush()
     }
 
+    /// Queues a masked data frame without sending it, so a batch goes out in one `send`; call
+    /// [`ClientConn::flush_queued`] after the batch. Only while `Open`.
+    pub fn queue_frame(&mut self, opcode: Opcode, payload: &[u8]) {
+        debug_assert_eq!(self.state, ConnState::Open, "queue_frame outside Open");
+        let mask = self.rng.mask();
+        frame::encode_client_frame(opcode, payload, mask, &mut self.out);
+    }
+
+    /// Sends queued bytes until done or the socket would block (the rest goes out on the next
+    /// writable readiness).
+    pub fn flush_queued(&mut self) -> Result<(), FailReason> {
+        self.flush()
+    }
+
     /// Starts the closing handshake (RFC 6455 §7.1.2) with `code`. Returns false when the
     /// connection is not open (nothing to do).
     pub fn start_close(&mut self, code: u16, sink: &mut impl FnMut(ConnEvent<'_>)) -> bool {

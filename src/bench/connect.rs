@@ -100,7 +100,7 @@ impl ConnectArgs {
 }
 
 /// Failed connections by reason. A connection counts once, under the first reason it hit.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct FailureCounts {
     /// ECONNREFUSED.
     pub refused: u64,
@@ -133,7 +133,7 @@ impl FailureCounts {
             + self.bad_status.values().sum::<u64>()
     }
 
-    fn count(&mut self, reason: &FailReason) {
+    pub(crate) fn count(&mut self, reason: &FailReason) {
         match reason {
             FailReason::Refused => self.refused += 1,
             FailReason::Timeout => self.timeout += 1,
@@ -146,7 +146,7 @@ impl FailureCounts {
         }
     }
 
-    fn merge(&mut self, other: &Self) {
+    pub(crate) fn merge(&mut self, other: &Self) {
         self.refused += other.refused;
         self.timeout += other.timeout;
         self.emfile += other.emfile;
@@ -878,7 +878,7 @@ fn join(ips: &[IpAddr]) -> String {
 }
 
 /// A JSON string literal (RFC 8259 §7).
-fn json_string(text: &str) -> String {
+pub(crate) fn json_string(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);
     out.push('"');
     for c in text.chars() {

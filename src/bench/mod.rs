@@ -1,19 +1,31 @@
-//! `ringcast bench`: the client-side load generator (connect now; echo and fan-out to come).
+//! `ringcast bench`: the client-side load generator (connect, echo and fan-out).
 //! Owns client sockets, worker threads and measurements. Never imports the server (`shard`,
 //! `driver`): it measures only through the wire, so it can point at any WebSocket server.
 //!
 //! Layout: [`url`] parses `ws://` URLs, [`frame`] is a client frame codec, [`client`] is one
 //! non-blocking connection (connect, upgrade, frames), [`stats`] holds percentile math, and
 //! [`connect`] runs `bench connect` on worker threads that each own an epoll instance and their
-//! connections.
+//! connections. [`pool`] is the worker connection set that [`echo`] and [`fanout`] share;
+//! [`payload`] is their message format and exact delivery accounting, and [`cpu`] reads process
+//! CPU time from /proc.
 
 pub mod client;
 pub mod connect;
+pub mod cpu;
+pub mod echo;
+pub mod fanout;
 pub mod frame;
+pub mod payload;
+pub mod pool;
 pub mod stats;
 pub mod url;
 
+#[cfg(test)]
+mod test_server;
+
 pub use connect::{ConnectArgs, ConnectReport, FailureCounts, run_connect};
+pub use echo::{EchoArgs, EchoReport, run_echo};
+pub use fanout::{FanoutArgs, FanoutReport, Publish, run_fanout};
 
 /// Why a bench run could not start or finish. Per-connection failures are not errors: they are
 /// counted in the report.
@@ -56,6 +68,16 @@ pub enum BenchError {
     /// A worker thread panicked (a bug: see its message on stderr).
     #[error("a worker thread panicked")]
     WorkerPanicked,
+}
+
+impl BenchError {
+    /// The error is the caller's (a bad flag or limit), not the system's: exit status 64.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            Self::Url(_) | Self::InvalidArgument { .. } | Self::OpenFileLimit { .. }
+        )
+    }
 }
 
 fn limit_text(limit: Option<u64>) -> String {

@@ -1,0 +1,1096 @@
+//! `ringcast bench fanout`: N subscribers on one topic, one publisher (a WebSocket connection or
+//! pipelined HTTP POSTs) sending M numbered, timestamped messages; reports deliveries/s, delivery
+//! latency, exact loss, duplicates and reordering against N x M, and CPU per delivery. Owns the
+//! subscriber workers, the publisher (on the calling thread) and the report; never samples the
+//! loss accounting.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{self, Read as _, Write as _};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags};
+
+use super::BenchError;
+use super::client::{ConnEvent, ConnState, SplitMix64};
+use super::connect::FailureCounts;
+use super::cpu::{CpuProbe, CpuUsage, clock_ticks_per_second};
+use super::echo::{reasons, write_cpu};
+use super::frame::Opcode;
+use super::payload::{self, PAYLOAD_BYTES_MIN, SeqTracker, now_ns, ns_since_epoch};
+use super::pool::{ConnectTally, Pool, TICK_MAX, Target, create_epoll, wait_until};
+use super::stats::{Histogram, Quantiles};
+
+/// How long the subscribers' connect phase may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Pause between the last subscription and the first publish, so servers that register
+/// subscriptions asynchronously (on another core) have them in place.
+pub const SUBSCRIBE_SETTLE: Duration = Duration::from_millis(200);
+
+/// Bytes the WebSocket publisher keeps queued beyond what the kernel took. Default 256 KiB:
+/// enough to keep the socket full flat out, small enough that send timestamps stay honest.
+pub const PUBLISH_QUEUE_BYTES_MAX: usize = 256 * 1024;
+
+/// How long the publisher may make no progress (no bytes accepted, no responses) before the run
+/// gives up on it and reports the error.
+pub const PUBLISH_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Most HTTP requests in flight. Default 1024 bounds the response parser's backlog.
+pub const PIPELINE_MAX: u32 = 1024;
+
+/// Largest HTTP response (head plus body) the publisher buffers. Default 64 KiB; the contract's
+/// answer is a small JSON object. Over it the publisher stops with an error.
+pub const RESPONSE_BYTES_MAX: usize = 64 * 1024;
+
+/// Most subscribers x messages, the bits of the seen-sets. Default 2^32 (512 MiB of bitsets):
+/// over it the run is refused.
+pub const SEEN_BITS_MAX: u64 = 1 << 32;
+
+/// Largest message, bytes. Default 1 MiB, the client's reassembly bound.
+pub const MESSAGE_BYTES_MAX: u32 = 1 << 20;
+
+/// How the publisher sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Publish {
+    /// One more WebSocket connection on the topic, sending text frames.
+    Ws,
+    /// One keep-alive TCP connection sending `POST /topics/NAME`, pipelined.
+    Http,
+}
+
+/// Flags for `ringcast bench fanout`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct FanoutArgs {
+    /// Server base URL, ws://HOST:PORT; the tool appends /topics/NAME.
+    #[arg(long)]
+    pub url: String,
+    /// Topic name.
+    #[arg(long, default_value = "bench")]
+    pub topic: String,
+    /// Subscriber connections.
+    #[arg(long, short = 'n', default_value_t = 5000)]
+    pub subscribers: u32,
+    /// Messages to publish.
+    #[arg(long, short = 'm', default_value_t = 1000)]
+    pub messages: u32,
+    /// Message size in bytes (at least 40: sequence number and send timestamp).
+    #[arg(long, short = 'b', default_value_t = 64)]
+    pub bytes: u32,
+    /// Messages per second; 0 publishes flat out.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u32,
+    /// Publish over a WebSocket connection or with HTTP POST.
+    #[arg(long, value_enum, default_value_t = Publish::Ws)]
+    pub publish: Publish,
+    /// HTTP requests in flight (pipelined) for --publish http.
+    #[arg(long, default_value_t = 32)]
+    pub pipeline: u32,
+    /// Bearer token for --publish http.
+    #[arg(long, default_value = "")]
+    pub token: String,
+    /// Subscriber worker threads, each with its own epoll instance.
+    #[arg(long, default_value_t = 2)]
+    pub workers: u32,
+    /// Server process to charge CPU time to (utime + stime from /proc/PID/stat).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Seconds to wait for stragglers after the last publish.
+    #[arg(long, default_value_t = 10)]
+    pub drain_timeout_s: u64,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Limit for one handshake, milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub handshake_timeout_ms: u64,
+}
+
+impl FanoutArgs {
+    /// Arguments with every default, for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            topic: "bench".to_owned(),
+            subscribers: 5000,
+            messages: 1000,
+            bytes: 64,
+            rate: 0,
+            publish: Publish::Ws,
+            pipeline: 32,
+            token: String::new(),
+            workers: 2,
+            server_pid: None,
+            drain_timeout_s: 10,
+            json: false,
+            handshake_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// What `bench fanout` measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FanoutReport {
+    /// Subscription URL (base plus /topics/NAME).
+    pub url: String,
+    /// Publisher kind.
+    pub publish: Publish,
+    /// Subscribers asked for.
+    pub subscribers: u32,
+    /// Subscribers upgraded.
+    pub subscribed: u64,
+    /// Subscribers that failed to upgrade.
+    pub subscribe_failed: u64,
+    /// Why they failed.
+    pub subscribe_failures: FailureCounts,
+    /// Subscribers whose connection ended before they had every message.
+    pub subscribers_dropped: u64,
+    /// Messages asked for.
+    pub messages: u32,
+    /// Message size.
+    pub bytes: u32,
+    /// Publish rate asked for (0: flat out).
+    pub rate: u32,
+    /// Messages the publisher sent.
+    pub published: u64,
+    /// HTTP publishes answered 2xx (equals `published` for WebSocket publishing).
+    pub publish_accepted: u64,
+    /// HTTP publishes answered otherwise, by status code.
+    pub publish_rejected: BTreeMap<u16, u64>,
+    /// Why the publisher stopped early, if it did.
+    pub publisher_error: Option<String>,
+    /// First send to last send (to the last response for HTTP), microseconds.
+    pub publish_us: u64,
+    /// Deliveries expected: subscribers asked for x messages asked for.
+    pub expected: u64,
+    /// Distinct (subscriber, message) deliveries received.
+    pub received: u64,
+    /// `expected - received`.
+    pub lost: u64,
+    /// Deliveries of a message a subscriber already had.
+    pub duplicates: u64,
+    /// First deliveries of a message older than one the subscriber had already seen.
+    pub out_of_order: u64,
+    /// Messages that did not parse as a bench payload of this run.
+    pub malformed: u64,
+    /// First send to last delivery, microseconds.
+    pub window_us: u64,
+    /// `received` per second of window.
+    pub deliveries_per_s: f64,
+    /// Send timestamp to receipt, microseconds.
+    pub latency_us: Quantiles,
+    /// The drain timeout passed before every subscriber had every message.
+    pub drain_timed_out: bool,
+    /// Server CPU from the first publish to the end of the drain (`None`: no --server-pid).
+    pub server_cpu: Option<CpuUsage>,
+    /// Server CPU nanoseconds per delivery received.
+    pub server_ns_per_delivery: Option<f64>,
+    /// This process's CPU over the same span.
+    pub client_cpu: Option<CpuUsage>,
+    /// This process's CPU in cores over that span (near the core count: the client is the
+    /// bottleneck).
+    pub client_cores: Option<f64>,
+    /// Subscriber worker threads.
+    pub workers: u32,
+}
+
+/// Runs `bench fanout`. Failed subscribers and publisher errors are reported, not returned.
+pub fn run_fanout(args: &FanoutArgs) -> Result<FanoutReport, BenchError> {
+    validate(args)?;
+    let url = format!("{}/topics/{}", args.url.trim_end_matches('/'), args.topic);
+    // Subscribers plus the publisher's connection.
+    let target = Target::for_run(&url, args.subscribers + 1, "subscribers")?;
+    let shared = Shared {
+        subscribers: args.subscribers,
+        workers: args.workers,
+        messages: u64::from(args.messages),
+        handshake_timeout: Duration::from_millis(args.handshake_timeout_ms),
+        connected_workers: AtomicU32::new(0),
+        drain_deadline_ns: AtomicU64::new(0),
+    };
+    let hz = clock_ticks_per_second();
+    let mut seeds = SplitMix64::from_entropy();
+    let mut epolls = Vec::with_capacity(args.workers as usize);
+    for _ in 0..args.workers {
+        epolls.push((create_epoll()?, seeds.next_u64()));
+    }
+    let publisher_pool = Pool::new(target.clone(), create_epoll()?, seeds.next_u64());
+    let (tallies, sent, server_cpu, client_cpu, cpu_span) = std::thread::scope(|scope| {
+        let mut handles = Vec::with_capacity(epolls.len());
+        for (index, (epoll, seed)) in epolls.into_iter().enumerate() {
+            let shared = &shared;
+            let target = target.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("bench-fanout-{index}"))
+                .spawn_scoped(scope, move || {
+                    worker(shared, index as u32, Pool::new(target, epoll, seed))
+                })
+                .map_err(BenchError::Spawn)?;
+            handles.push(handle);
+        }
+        wait_until(
+            Instant::now() + CONNECT_TIMEOUT + Duration::from_secs(1),
+            || shared.connected_workers.load(Ordering::Acquire) == shared.workers,
+        );
+        let mut publisher = Publisher::connect(args, &target, publisher_pool);
+        std::thread::sleep(SUBSCRIBE_SETTLE);
+        let server = CpuProbe::start(args.server_pid, hz);
+        let client = CpuProbe::start(None, hz);
+        let cpu_start = Instant::now();
+        let sent = publisher.run(args);
+        let drain = Duration::from_secs(args.drain_timeout_s);
+        shared
+            .drain_deadline_ns
+            .store(now_ns() + drain.as_nanos() as u64, Ordering::Release);
+        let mut tallies = Vec::with_capacity(handles.len());
+        for handle in handles {
+            tallies.push(handle.join().map_err(|_| BenchError::WorkerPanicked)?);
+        }
+        let server_cpu = args.server_pid.and_then(|_| server.finish());
+        let client_cpu = client.finish();
+        let cpu_span = cpu_start.elapsed();
+        drop(publisher);
+        Ok::<_, BenchError>((tallies, sent, server_cpu, client_cpu, cpu_span))
+    })?;
+    let mut total = Tally::default();
+    for tally in &tallies {
+        total.merge(tally);
+    }
+    let expected = u64::from(args.subscribers) * u64::from(args.messages);
+    let window = match (sent.first_send, total.last_delivery) {
+        (Some(first), Some(last)) => last.saturating_duration_since(first),
+        _ => Duration::ZERO,
+    };
+    let publish_span = match (sent.first_send, sent.last_send) {
+        (Some(first), Some(last)) => last.saturating_duration_since(first),
+        _ => Duration::ZERO,
+    };
+    let received = total.seen.unique;
+    Ok(FanoutReport {
+        url,
+        publish: args.publish,
+        subscribers: args.subscribers,
+        subscribed: total.connect.opened,
+        subscribe_failed: total.connect.failed.total(),
+        subscribe_failures: total.connect.failed.clone(),
+        subscribers_dropped: total.dropped + total.connect.dropped,
+        messages: args.messages,
+        bytes: args.bytes,
+        rate: args.rate,
+        published: sent.sent,
+        publish_accepted: sent.accepted,
+        publish_rejected: sent.rejected,
+        publisher_error: sent.error,
+        publish_us: publish_span.as_micros() as u64,
+        expected,
+        received,
+        lost: expected - received,
+        duplicates: total.seen.duplicates,
+        out_of_order: total.seen.out_of_order,
+        malformed: total.seen.malformed,
+        window_us: window.as_micros() as u64,
+        deliveries_per_s: if window.is_zero() {
+            0.0
+        } else {
+            received as f64 / window.as_secs_f64()
+        },
+        latency_us: total.latency_us.quantiles(),
+        drain_timed_out: total.drain_timed_out,
+        server_cpu,
+        server_ns_per_delivery: server_cpu.map(|c| c.ns_per(received)),
+        client_cpu,
+        client_cores: client_cpu.map(|c| c.cores(cpu_span)),
+        workers: args.workers,
+    })
+}
+
+impl FanoutReport {
+    /// The run finished as asked: every subscriber connected and every message was published
+    /// and accepted. Loss and duplicates are measurements, not failures.
+    pub fn is_complete(&self) -> bool {
+        self.subscribe_failed == 0
+            && self.publisher_error.is_none()
+            && self.published == u64::from(self.messages)
+            && self.publish_rejected.is_empty()
+    }
+
+    /// The report as text, one fact per line.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let publish = match self.publish {
+            Publish::Ws => "ws",
+            Publish::Http => "http",
+        };
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            s,
+            "ringcast bench fanout {} (publish {publish}, {} workers)",
+            self.url, self.workers
+        );
+        let _ = writeln!(
+            s,
+            "  subscribers     {} of {} (failed {}{}, dropped {})",
+            self.subscribed,
+            self.subscribers,
+            self.subscribe_failed,
+            reasons(&self.subscribe_failures),
+            self.subscribers_dropped
+        );
+        let rate = if self.rate == 0 {
+            "flat out".to_owned()
+        } else {
+            format!("{}/s", self.rate)
+        };
+        let _ = write!(
+            s,
+            "  published       {} of {} x {} bytes, {rate}, in {:.3} s",
+            self.published,
+            self.messages,
+            self.bytes,
+            self.publish_us as f64 / 1e6
+        );
+        if self.publish == Publish::Http {
+            let _ = write!(s, " (2xx {}", self.publish_accepted);
+            for (code, n) in &self.publish_rejected {
+                let _ = write!(s, ", status {code}: {n}");
+            }
+            let _ = write!(s, ")");
+        }
+        let _ = writeln!(s);
+        if let Some(error) = &self.publisher_error {
+            let _ = writeln!(s, "  publisher error {error}");
+        }
+        let _ = writeln!(
+            s,
+            "  deliveries      expected {}, received {}, lost {}, duplicates {}, out of order {}, \
+             malformed {}",
+            self.expected,
+            self.received,
+            self.lost,
+            self.duplicates,
+            self.out_of_order,
+            self.malformed
+        );
+        let _ = writeln!(
+            s,
+            "  deliveries/s    {:.0} over {:.3} s (first send to last delivery)",
+            self.deliveries_per_s,
+            self.window_us as f64 / 1e6
+        );
+        let q = &self.latency_us;
+        let _ = writeln!(
+            s,
+            "  latency us      p50 {}  p99 {}  p999 {}  max {}",
+            q.p50, q.p99, q.p999, q.max
+        );
+        write_cpu(
+            &mut s,
+            self.server_cpu,
+            self.server_ns_per_delivery,
+            "delivery",
+            self.client_cpu,
+            self.client_cores,
+        );
+        if self.drain_timed_out {
+            let _ = writeln!(
+                s,
+                "  WARNING: the drain timeout passed before every subscriber had every message"
+            );
+        }
+        s
+    }
+
+    /// The report as one JSON object.
+    pub fn to_json(&self) -> String {
+        // Serializing plain numbers, strings and maps with integer keys cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+fn validate(args: &FanoutArgs) -> Result<(), BenchError> {
+    let invalid = |name, reason: String| Err(BenchError::InvalidArgument { name, reason });
+    if args.subscribers == 0 {
+        return invalid("subscribers", "must be at least 1".to_owned());
+    }
+    if args.messages == 0 {
+        return invalid("messages", "must be at least 1".to_owned());
+    }
+    if (args.bytes as usize) < PAYLOAD_BYTES_MIN || args.bytes > MESSAGE_BYTES_MAX {
+        return invalid(
+            "bytes",
+            format!(
+                "{} is outside {PAYLOAD_BYTES_MIN}..={MESSAGE_BYTES_MAX}: each message carries a \
+                 20-digit sequence number and a 20-digit send timestamp",
+                args.bytes
+            ),
+        );
+    }
+    let bits = u64::from(args.subscribers) * u64::from(args.messages);
+    if bits > SEEN_BITS_MAX {
+        return invalid(
+            "messages",
+            format!(
+                "{} subscribers x {} messages = {bits} is over {SEEN_BITS_MAX} tracked \
+                 deliveries per process",
+                args.subscribers, args.messages
+            ),
+        );
+    }
+    if args.workers == 0 || args.workers > super::connect::WORKERS_MAX {
+        return invalid(
+            "workers",
+            format!("must be 1..={}", super::connect::WORKERS_MAX),
+        );
+    }
+    if args.publish == Publish::Http && (args.pipeline == 0 || args.pipeline > PIPELINE_MAX) {
+        return invalid("pipeline", format!("must be 1..={PIPELINE_MAX}"));
+    }
+    let topic_ok = !args.topic.is_empty()
+        && args
+            .topic
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'/' | b'?' | b'#' | b'%'));
+    if !topic_ok {
+        return invalid(
+            "topic",
+            format!(
+                "{:?} must be non-empty printable ASCII without / ? # %",
+                args.topic
+            ),
+        );
+    }
+    if args.handshake_timeout_ms == 0 {
+        return invalid("handshake-timeout-ms", "must be at least 1".to_owned());
+    }
+    Ok(())
+}
+
+struct Shared {
+    subscribers: u32,
+    workers: u32,
+    messages: u64,
+    handshake_timeout: Duration,
+    connected_workers: AtomicU32,
+    /// When workers stop waiting for stragglers, in [`now_ns`] time; 0 until publishing ends.
+    drain_deadline_ns: AtomicU64,
+}
+
+/// Sums of seen-sets.
+#[derive(Debug, Default, Clone, Copy)]
+struct SeenSums {
+    unique: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    malformed: u64,
+}
+
+impl SeenSums {
+    fn add(&mut self, t: &SeqTracker) {
+        self.unique += t.unique;
+        self.duplicates += t.duplicates;
+        self.out_of_order += t.out_of_order;
+        self.malformed += t.malformed;
+    }
+
+    fn merge(&mut self, o: &Self) {
+        self.unique += o.unique;
+        self.duplicates += o.duplicates;
+        self.out_of_order += o.out_of_order;
+        self.malformed += o.malformed;
+    }
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    connect: ConnectTally,
+    seen: SeenSums,
+    latency_us: Histogram,
+    last_delivery: Option<Instant>,
+    dropped: u64,
+    drain_timed_out: bool,
+}
+
+impl Tally {
+    fn merge(&mut self, other: &Self) {
+        self.connect.merge(&other.connect);
+        self.seen.merge(&other.seen);
+        self.latency_us.merge(&other.latency_us);
+        self.last_delivery = match (self.last_delivery, other.last_delivery) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.dropped += other.dropped;
+        self.drain_timed_out |= other.drain_timed_out;
+    }
+}
+
+/// One subscriber's state.
+struct Subscriber {
+    seen: SeqTracker,
+    /// Complete or ended: no longer waited for.
+    finished: bool,
+}
+
+fn worker(shared: &Shared, index: u32, mut pool: Pool<Subscriber>) -> Tally {
+    let mut tally = Tally::default();
+    let serials = (index..shared.subscribers).step_by(shared.workers as usize);
+    tally.connect = pool.connect_all(
+        serials,
+        256,
+        shared.handshake_timeout,
+        Instant::now() + CONNECT_TIMEOUT,
+        |_| Subscriber {
+            seen: SeqTracker::new(shared.messages),
+            finished: false,
+        },
+    );
+    shared.connected_workers.fetch_add(1, Ordering::AcqRel);
+    let mut waiting = pool.len();
+    let mut latency_us = Histogram::new();
+    let mut last_delivery = None;
+    let mut dropped = 0u64;
+    let mut ended = SeenSums::default();
+    loop {
+        if waiting == 0 {
+            break;
+        }
+        let deadline = shared.drain_deadline_ns.load(Ordering::Acquire);
+        if deadline != 0 && now_ns() >= deadline {
+            tally.drain_timed_out = true;
+            break;
+        }
+        pool.poll(
+            TICK_MAX,
+            |_, view, event, at| {
+                let sub = &mut *view.state;
+                match event {
+                    ConnEvent::Message { payload, .. } => {
+                        let Ok((seq, sent_ns)) = payload::parse(payload) else {
+                            sub.seen.record_malformed();
+                            return;
+                        };
+                        if sub.seen.record(seq) == payload::Receipt::New {
+                            let at_ns = ns_since_epoch(at);
+                            latency_us.record(at_ns.saturating_sub(sent_ns) / 1000);
+                            last_delivery = Some(at);
+                            if sub.seen.is_complete() && !sub.finished {
+                                sub.finished = true;
+                                waiting -= 1;
+                            }
+                        }
+                    }
+                    ConnEvent::Closed { .. } | ConnEvent::Failed(_) => {
+                        if !sub.finished {
+                            sub.finished = true;
+                            waiting -= 1;
+                            dropped += 1;
+                        }
+                    }
+                    ConnEvent::Opened { .. } | ConnEvent::PeerClose { .. } => {}
+                }
+            },
+            |member| {
+                if member.conn.state() == ConnState::Done {
+                    ended.add(&member.state.seen);
+                }
+            },
+        );
+    }
+    pool.close_all();
+    for sub in pool.into_states() {
+        ended.add(&sub.seen);
+    }
+    tally.seen = ended;
+    tally.latency_us = latency_us;
+    tally.last_delivery = last_delivery;
+    tally.dropped = dropped;
+    tally
+}
+
+/// What the publisher did.
+#[derive(Debug, Default)]
+struct Sent {
+    sent: u64,
+    accepted: u64,
+    rejected: BTreeMap<u16, u64>,
+    first_send: Option<Instant>,
+    last_send: Option<Instant>,
+    error: Option<String>,
+}
+
+/// The publisher: a WebSocket connection from its own pool, or an HTTP connection.
+enum Publisher {
+    Ws(Pool<()>),
+    Http(HttpPublisher),
+    Failed(String),
+}
+
+impl Publisher {
+    fn connect(args: &FanoutArgs, target: &Target, mut pool: Pool<()>) -> Self {
+        match args.publish {
+            Publish::Ws => {
+                let tally = pool.connect_all(
+                    [args.subscribers],
+                    1,
+                    Duration::from_millis(args.handshake_timeout_ms),
+                    Instant::now() + CONNECT_TIMEOUT,
+                    |_| (),
+                );
+                if tally.opened == 1 {
+                    Self::Ws(pool)
+                } else {
+                    Self::Failed(format!(
+                        "publisher WebSocket did not connect{}",
+                        reasons(&tally.failed)
+                    ))
+                }
+            }
+            Publish::Http => match HttpPublisher::connect(args, target) {
+                Ok(p) => Self::Http(p),
+                Err(e) => Self::Failed(format!("publisher HTTP connection: {e}")),
+            },
+        }
+    }
+
+    fn run(&mut self, args: &FanoutArgs) -> Sent {
+        let mut sent = Sent::default();
+        let result = match self {
+            Self::Ws(pool) => publish_ws(pool, args, &mut sent),
+            Self::Http(http) => http.publish(args, &mut sent),
+            Self::Failed(error) => Err(error.clone()),
+        };
+        if let Err(error) = result {
+            sent.error = Some(error);
+        }
+        sent
+    }
+}
+
+/// When message `seq` is due at `rate` per second from `start` (`None`: flat out, due now).
+fn due(start: Instant, seq: u64, rate: u32) -> Option<Instant> {
+    (rate > 0).then(|| start + Duration::from_secs_f64(seq as f64 / f64::from(rate)))
+}
+
+fn publish_ws(pool: &mut Pool<()>, args: &FanoutArgs, sent: &mut Sent) -> Result<(), String> {
+    let messages = u64::from(args.messages);
+    let bytes = args.bytes as usize;
+    let mut payload = Vec::with_capacity(bytes);
+    let start = Instant::now();
+    let mut progress_at = start;
+    let mut unsent_before = 0;
+    loop {
+        let now = Instant::now();
+        let Some(member) = pool.members_mut().next() else {
+            return Err(format!(
+                "publisher connection ended after {} messages",
+                sent.sent
+            ));
+        };
+        let conn = &mut member.conn;
+        if conn.state() != ConnState::Open {
+            return Err(format!(
+                "publisher connection closing after {} messages",
+                sent.sent
+            ));
+        }
+        let mut wait = TICK_MAX;
+        while sent.sent < messages && conn.unsent_bytes() < PUBLISH_QUEUE_BYTES_MAX {
+            if let Some(due) = due(start, sent.sent, args.rate)
+                && due > now
+            {
+                wait = wait.min(due - now);
+                break;
+            }
+            payload::encode(sent.sent, now_ns(), bytes, &mut payload);
+            conn.queue_frame(Opcode::Text, &payload);
+            sent.first_send.get_or_insert(now);
+            sent.sent += 1;
+        }
+        conn.flush_queued()
+            .map_err(|e| format!("publisher send failed after {} messages: {e}", sent.sent))?;
+        let unsent = conn.unsent_bytes();
+        if sent.sent == messages && unsent == 0 {
+            sent.last_send = Some(Instant::now());
+            sent.accepted = sent.sent;
+            return Ok(());
+        }
+        if unsent != unsent_before || unsent == 0 {
+            progress_at = now;
+        }
+        unsent_before = unsent;
+        if now >= progress_at + PUBLISH_STALL_TIMEOUT {
+            return Err(format!(
+                "publisher stalled for {PUBLISH_STALL_TIMEOUT:?} with {unsent} bytes unsent"
+            ));
+        }
+        if unsent == 0 && sent.sent < messages && args.rate == 0 {
+            wait = Duration::ZERO;
+        }
+        pool.poll(wait, |_, _, _, _| {}, |_| {});
+    }
+}
+
+/// A pipelining HTTP/1.1 publisher on one keep-alive connection.
+struct HttpPublisher {
+    stream: TcpStream,
+    /// The request head up to and including the blank line; the body follows.
+    head: Vec<u8>,
+    out: Vec<u8>,
+    /// INVARIANT: `out_sent_bytes <= out.len()`.
+    out_sent_bytes: usize,
+    input: Vec<u8>,
+    in_flight: u32,
+}
+
+impl HttpPublisher {
+    fn connect(args: &FanoutArgs, target: &Target) -> io::Result<Self> {
+        let stream = TcpStream::connect_timeout(
+            &target.addr,
+            Duration::from_millis(args.handshake_timeout_ms),
+        )?;
+        stream.set_nodelay(true)?;
+        stream.set_nonblocking(true)?;
+        let head = format!(
+            "POST {} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+            target.url.path,
+            target.url.host_header(),
+            args.token,
+            args.bytes
+        )
+        .into_bytes();
+        Ok(Self {
+            stream,
+            head,
+            out: Vec::new(),
+            out_sent_bytes: 0,
+            input: Vec::new(),
+            in_flight: 0,
+        })
+    }
+
+    fn publish(&mut self, args: &FanoutArgs, sent: &mut Sent) -> Result<(), String> {
+        let messages = u64::from(args.messages);
+        let bytes = args.bytes as usize;
+        let mut payload = Vec::with_capacity(bytes);
+        let start = Instant::now();
+        let mut progress_at = start;
+        loop {
+            let now = Instant::now();
+            let mut wait = TICK_MAX;
+            while sent.sent < messages && self.in_flight < args.pipeline {
+                if let Some(due) = due(start, sent.sent, args.rate)
+                    && due > now
+                {
+                    wait = wait.min(due - now);
+                    break;
+                }
+                payload::encode(sent.sent, now_ns(), bytes, &mut payload);
+                self.out.extend_from_slice(&self.head);
+                self.out.extend_from_slice(&payload);
+                self.in_flight += 1;
+                sent.first_send.get_or_insert(now);
+                sent.sent += 1;
+            }
+            let before = (self.out_sent_bytes, self.in_flight);
+            self.flush().map_err(|e| self.error("send", sent, &e))?;
+            let answered = self
+                .read(sent)
+                .map_err(|e| self.error("receive", sent, &e))?;
+            if answered > 0 {
+                sent.last_send = Some(Instant::now());
+            }
+            if sent.sent == messages && self.in_flight == 0 {
+                return Ok(());
+            }
+            if answered > 0 || (self.out_sent_bytes, self.in_flight) != before {
+                progress_at = now;
+            }
+            if now >= progress_at + PUBLISH_STALL_TIMEOUT {
+                return Err(format!(
+                    "publisher stalled for {PUBLISH_STALL_TIMEOUT:?} with {} requests unanswered",
+                    self.in_flight
+                ));
+            }
+            let mut flags = PollFlags::IN;
+            if self.out_sent_bytes < self.out.len() {
+                flags |= PollFlags::OUT;
+            }
+            let timespec = rustix::event::Timespec {
+                tv_sec: wait.as_secs() as _,
+                tv_nsec: wait.subsec_nanos() as _,
+            };
+            let mut fds = [PollFd::new(&self.stream, flags)];
+            match rustix::event::poll(&mut fds, Some(&timespec)) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(format!("poll failed: {e}")),
+            }
+        }
+    }
+
+    fn error(&self, what: &str, sent: &Sent, e: &io::Error) -> String {
+        format!(
+            "publisher {what} failed after {} requests ({} unanswered): {e}",
+            sent.sent, self.in_flight
+        )
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        while self.out_sent_bytes < self.out.len() {
+            match self.stream.write(&self.out[self.out_sent_bytes..]) {
+                Ok(n) => self.out_sent_bytes += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.out.clear();
+        self.out_sent_bytes = 0;
+        Ok(())
+    }
+
+    /// Reads and parses whatever responses have arrived; returns how many completed.
+    fn read(&mut self, sent: &mut Sent) -> io::Result<u32> {
+        let mut chunk = [0u8; 16 * 1024];
+        let mut answered = 0;
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    answered += self.parse(sent)?;
+                    if self.in_flight > 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "server closed the connection",
+                        ));
+                    }
+                    return Ok(answered);
+                }
+                Ok(n) => self.input.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        answered += self.parse(sent)?;
+        Ok(answered)
+    }
+
+    fn parse(&mut self, sent: &mut Sent) -> io::Result<u32> {
+        let bad = |text: String| io::Error::new(io::ErrorKind::InvalidData, text);
+        let mut at = 0;
+        let mut answered = 0;
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut response = httparse::Response::new(&mut headers);
+            let head_bytes = match response.parse(&self.input[at..]) {
+                Ok(httparse::Status::Complete(n)) => n,
+                Ok(httparse::Status::Partial) => break,
+                Err(e) => return Err(bad(format!("malformed HTTP response: {e}"))),
+            };
+            let mut body_bytes = 0usize;
+            for h in response.headers.iter() {
+                if h.name.eq_ignore_ascii_case("content-length") {
+                    body_bytes = std::str::from_utf8(h.value)
+                        .ok()
+                        .and_then(|v| v.trim().parse().ok())
+                        .ok_or_else(|| bad("bad Content-Length".to_owned()))?;
+                } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                    return Err(bad("chunked responses are not supported".to_owned()));
+                }
+            }
+            if head_bytes + body_bytes > RESPONSE_BYTES_MAX {
+                return Err(bad(format!(
+                    "response of {} bytes over {RESPONSE_BYTES_MAX}",
+                    head_bytes + body_bytes
+                )));
+            }
+            if self.input.len() - at < head_bytes + body_bytes {
+                break;
+            }
+            let code = response.code.unwrap_or(0);
+            at += head_bytes + body_bytes;
+            if self.in_flight == 0 {
+                return Err(bad(format!("unrequested response (status {code})")));
+            }
+            self.in_flight -= 1;
+            answered += 1;
+            if (200..300).contains(&code) {
+                sent.accepted += 1;
+            } else {
+                *sent.rejected.entry(code).or_default() += 1;
+            }
+        }
+        self.input.drain(..at);
+        if self.input.len() > RESPONSE_BYTES_MAX {
+            return Err(bad(format!(
+                "response head over {RESPONSE_BYTES_MAX} bytes"
+            )));
+        }
+        Ok(answered)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::test_server;
+
+    fn args(publish: Publish) -> FanoutArgs {
+        let addr = test_server::spawn("t");
+        let mut args = FanoutArgs::new(format!("ws://{addr}"));
+        args.subscribers = 20;
+        args.messages = 100;
+        args.publish = publish;
+        args.token = "t".to_owned();
+        args.drain_timeout_s = 5;
+        args
+    }
+
+    fn assert_exact(report: &FanoutReport) {
+        assert!(report.is_complete(), "{}", report.to_text());
+        assert_eq!(report.subscribed, 20);
+        assert_eq!(report.expected, 2000);
+        assert_eq!(report.received, 2000, "{}", report.to_text());
+        assert_eq!(report.lost, 0);
+        assert_eq!(report.duplicates, 0);
+        assert_eq!(report.malformed, 0);
+        assert_eq!(report.latency_us.count, 2000);
+        assert!(report.deliveries_per_s > 0.0);
+        assert!(!report.drain_timed_out);
+    }
+
+    #[test]
+    fn ws_publish_reaches_twenty_subscribers_with_no_loss_or_duplicates() {
+        let mut args = args(Publish::Ws);
+        args.server_pid = Some(std::process::id());
+        let report = run_fanout(&args).unwrap();
+        assert_exact(&report);
+        assert_eq!(report.published, 100);
+        assert!(report.server_cpu.is_some() && report.server_ns_per_delivery.is_some());
+        assert!(report.client_cpu.is_some());
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(json["lost"], 0);
+        assert_eq!(json["subscribe_failures"]["refused"], 0);
+        assert_eq!(json["publish"], "ws");
+        assert!(json["latency_us"]["p999"].is_u64());
+    }
+
+    #[test]
+    fn pipelined_http_publish_is_accepted_and_delivered_exactly() {
+        let mut args = args(Publish::Http);
+        args.pipeline = 8;
+        let report = run_fanout(&args).unwrap();
+        assert_exact(&report);
+        assert_eq!(report.publish_accepted, 100);
+        assert!(report.publish_rejected.is_empty());
+        assert!(report.server_cpu.is_none());
+    }
+
+    #[test]
+    fn wrong_token_counts_rejections_and_every_delivery_as_lost() {
+        let mut args = args(Publish::Http);
+        args.token = "wrong".to_owned();
+        args.messages = 10;
+        args.drain_timeout_s = 1;
+        let report = run_fanout(&args).unwrap();
+        assert!(!report.is_complete());
+        assert_eq!(report.publish_rejected.get(&401), Some(&10));
+        assert_eq!(report.lost, 200);
+        assert!(report.drain_timed_out);
+        assert!(report.to_text().contains("status 401: 10"));
+    }
+
+    #[test]
+    fn dropped_and_duplicated_deliveries_are_counted_exactly() {
+        let addr = test_server::spawn_with_faults(
+            "t",
+            test_server::Faults {
+                drop_every: Some(10),
+                duplicate_to_first: true,
+            },
+        );
+        let mut args = FanoutArgs::new(format!("ws://{addr}"));
+        args.subscribers = 20;
+        args.messages = 100;
+        args.publish = Publish::Http;
+        args.token = "t".to_owned();
+        args.drain_timeout_s = 1;
+        let report = run_fanout(&args).unwrap();
+        // Publishes 0, 10, ..., 90 reach nobody; the first subscriber gets the other 90 twice.
+        assert_eq!(report.lost, 10 * 20, "{}", report.to_text());
+        assert_eq!(report.received, 90 * 20);
+        assert_eq!(report.duplicates, 90);
+        assert_eq!(report.out_of_order, 0);
+        assert!(report.drain_timed_out);
+        assert!(
+            report.is_complete(),
+            "loss is a measurement, not a failed run"
+        );
+    }
+
+    #[test]
+    fn paced_publish_takes_messages_over_rate_seconds() {
+        let mut args = args(Publish::Ws);
+        args.rate = 500;
+        let report = run_fanout(&args).unwrap();
+        assert_exact(&report);
+        // 100 messages at 500/s: the last is due 198 ms after the first.
+        assert!(report.publish_us >= 190_000, "{}", report.publish_us);
+    }
+
+    #[test]
+    fn nothing_listening_fails_every_subscriber_and_the_publisher() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let mut args = FanoutArgs::new(format!("ws://{addr}"));
+        args.subscribers = 3;
+        args.messages = 5;
+        args.drain_timeout_s = 0;
+        let report = run_fanout(&args).unwrap();
+        assert_eq!(report.subscribe_failures.refused, 3);
+        assert_eq!(report.lost, 15);
+        assert!(report.publisher_error.is_some());
+        assert!(!report.is_complete());
+    }
+
+    #[test]
+    fn impossible_flags_are_rejected() {
+        let base = FanoutArgs::new("ws://127.0.0.1:1");
+        let reject = |change: &dyn Fn(&mut FanoutArgs), flag: &str| {
+            let mut args = base.clone();
+            change(&mut args);
+            match run_fanout(&args) {
+                Err(BenchError::InvalidArgument { name, .. }) => assert_eq!(name, flag),
+                other => panic!("{flag}: {other:?}"),
+            }
+        };
+        reject(&|a| a.bytes = 39, "bytes");
+        reject(&|a| a.subscribers = 0, "subscribers");
+        reject(&|a| a.messages = 0, "messages");
+        reject(&|a| a.workers = 0, "workers");
+        reject(&|a| a.topic = "a/b".to_owned(), "topic");
+        reject(
+            &|a| {
+                a.publish = Publish::Http;
+                a.pipeline = 0
+            },
+            "pipeline",
+        );
+        reject(&|a| a.subscribers = 19_000, "subscribers");
+        reject(
+            &|a| {
+                a.subscribers = 10_000;
+                a.messages = 1 << 20
+            },
+            "messages",
+        );
+        let mut args = base.clone();
+        args.bytes = 39;
+        let text = run_fanout(&args).unwrap_err().to_string();
+        assert!(text.contains("20-digit send timestamp"), "{text}");
+    }
+}
