@@ -321,6 +321,29 @@ async fn three_pipelined_health_requests_get_three_responses_in_order() {
 }
 
 #[tokio::test]
+async fn hundred_pipelined_requests_get_hundred_responses_in_order() {
+    within(TEST_TIMEOUT, async {
+        let server = Server::echo(&[]).await;
+        let mut conn = server.raw().await;
+        let mut bytes = Vec::new();
+        for i in 0..100 {
+            // Every tenth one goes to an unknown path, so the order is visible.
+            if i % 10 == 9 {
+                bytes.extend_from_slice(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n");
+            } else {
+                bytes.extend_from_slice(HEALTH);
+            }
+        }
+        conn.send(&bytes).await;
+        for i in 0..100 {
+            let expected = if i % 10 == 9 { 404 } else { 200 };
+            assert_eq!(conn.read_response().await.status, expected, "response {i}");
+        }
+    })
+    .await
+}
+
+#[tokio::test]
 async fn pipelined_requests_to_different_paths_are_answered_in_order() {
     within(TEST_TIMEOUT, async {
         let server = Server::echo(&[]).await;

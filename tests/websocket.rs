@@ -353,6 +353,43 @@ async fn many_frames_in_one_write_are_echoed_in_order() {
 }
 
 #[tokio::test]
+async fn large_messages_pipelined_by_a_reading_client_are_all_echoed_in_order() {
+    within(TEST_TIMEOUT, async {
+        let server = Server::echo(&[]).await;
+        let mut conn = server.upgraded().await;
+        // 8 x 512 KiB in one write, while the client reads all the time: each message is within
+        // the 1 MiB limits, and "each message comes back". If the server's queue toward this
+        // client fills, it must hold back (stop reading) rather than drop the client.
+        let mut bytes = Vec::new();
+        for i in 0..8u8 {
+            bytes.extend_from_slice(&final_frame(OP_BINARY, &vec![i; 512 * 1024]));
+        }
+        // A failed write shows up below as the server's close.
+        conn.send_while_reading(&bytes).await.ok();
+        for i in 0..8u8 {
+            let first = conn.expect_frame().await;
+            if first.opcode == OP_CLOSE {
+                panic!(
+                    "message {i}: the server closed with {:?} instead of echoing",
+                    first.close_code()
+                );
+            }
+            let (opcode, payload) = conn.read_message_from(first).await;
+            assert_eq!(
+                (opcode, payload.len()),
+                (OP_BINARY, 512 * 1024),
+                "message {i}"
+            );
+            assert!(
+                payload.iter().all(|&b| b == i),
+                "message {i} has foreign bytes"
+            );
+        }
+    })
+    .await
+}
+
+#[tokio::test]
 async fn fragmented_text_message_is_echoed_as_one_message() {
     within(TEST_TIMEOUT, async {
         let server = Server::echo(&[]).await;

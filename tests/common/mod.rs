@@ -669,6 +669,11 @@ impl RawConn {
     /// in between fail the test. Returns (opcode, payload).
     pub async fn read_message(&mut self) -> (u8, Vec<u8>) {
         let first = self.expect_frame().await;
+        self.read_message_from(first).await
+    }
+
+    /// Like [`RawConn::read_message`], for a message whose first frame was already read.
+    pub async fn read_message_from(&mut self, first: Frame) -> (u8, Vec<u8>) {
         assert!(
             first.opcode == OP_TEXT || first.opcode == OP_BINARY,
             "expected a data frame, got opcode {:#x} payload {:?}",
