@@ -390,6 +390,35 @@ async fn large_messages_pipelined_by_a_reading_client_are_all_echoed_in_order() 
 }
 
 #[tokio::test]
+async fn small_messages_pipelined_by_a_reading_client_are_all_echoed_in_order() {
+    within(TEST_TIMEOUT, async {
+        let server = Server::echo(&[]).await;
+        let mut conn = server.upgraded().await;
+        // 20,000 messages of 100 bytes (2 MB) in one write, the client reading all the time.
+        let mut bytes = Vec::new();
+        for i in 0..20_000u32 {
+            let mut payload = i.to_be_bytes().to_vec();
+            payload.resize(100, b'.');
+            bytes.extend_from_slice(&final_frame(OP_BINARY, &payload));
+        }
+        conn.send_while_reading(&bytes).await.ok();
+        for i in 0..20_000u32 {
+            let first = conn.expect_frame().await;
+            if first.opcode == OP_CLOSE {
+                panic!(
+                    "message {i}: the server closed with {:?} instead of echoing",
+                    first.close_code()
+                );
+            }
+            let (opcode, payload) = conn.read_message_from(first).await;
+            assert_eq!(opcode, OP_BINARY, "message {i}");
+            assert_eq!(payload[..4], i.to_be_bytes(), "message {i} out of order");
+        }
+    })
+    .await
+}
+
+#[tokio::test]
 async fn fragmented_text_message_is_echoed_as_one_message() {
     within(TEST_TIMEOUT, async {
         let server = Server::echo(&[]).await;
