@@ -525,6 +525,27 @@ async fn head_completed_in_time_is_not_cut_by_handshake_timeout() {
 }
 
 #[tokio::test]
+async fn handshake_timeout_does_not_apply_after_the_first_request() {
+    within(TEST_TIMEOUT, async {
+        let server = Server::echo(&[
+            "--handshake-timeout-ms",
+            "300",
+            "--http-idle-timeout-ms",
+            "5000",
+        ])
+        .await;
+        let mut conn = server.raw().await;
+        conn.send(HEALTH).await;
+        assert_eq!(conn.read_response().await.status, 200);
+        // Well past the handshake timeout, well inside the idle timeout.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        conn.send(HEALTH).await;
+        assert_eq!(conn.read_response().await.status, 200);
+    })
+    .await
+}
+
+#[tokio::test]
 async fn incomplete_body_is_closed_after_body_timeout() {
     within(TEST_TIMEOUT, async {
         let server = Server::echo(&["--http-body-timeout-ms", "300"]).await;
