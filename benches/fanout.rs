@@ -33,7 +33,7 @@ fn fanout(c: &mut Criterion) {
                 for &conn in &topics.topic(id).subscribers {
                     pool.push_back(
                         &mut queues[conn as usize],
-                        OutBuf::shared(Rc::clone(&frame)),
+                        OutBuf::shared(Rc::clone(&frame), subscribers),
                     );
                 }
                 for q in &mut queues {

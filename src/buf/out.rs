@@ -12,7 +12,8 @@ use bytes::Bytes;
 #[derive(Debug, Clone)]
 enum Repr {
     Owned(Bytes),
-    Shared(Rc<Bytes>),
+    /// A frame handed to `sharers` queues at once.
+    Shared(Rc<Bytes>, u32),
 }
 
 /// Bytes to send, possibly shared with other connections' queues, with a read offset so a
@@ -25,9 +26,10 @@ pub struct OutBuf {
 }
 
 impl OutBuf {
-    pub fn shared(frame: Rc<Bytes>) -> Self {
+    /// A reference to `frame`, which is being handed to `sharers` queues (at least 1).
+    pub fn shared(frame: Rc<Bytes>, sharers: u32) -> Self {
         Self {
-            repr: Repr::Shared(frame),
+            repr: Repr::Shared(frame, sharers.max(1)),
             start: 0,
         }
     }
@@ -35,7 +37,16 @@ impl OutBuf {
     fn full(&self) -> &[u8] {
         match &self.repr {
             Repr::Owned(b) => b,
-            Repr::Shared(b) => b,
+            Repr::Shared(b, _) => b,
+        }
+    }
+
+    /// What holding this buffer costs in memory, as (unshared bytes, this holder's share of a
+    /// shared frame): a frame fanned out to N queues costs each of them len / N (rounded up).
+    pub fn charge(&self) -> (u64, u64) {
+        match &self.repr {
+            Repr::Owned(b) => (b.len() as u64, 0),
+            Repr::Shared(b, n) => (0, (b.len() as u64).div_ceil(u64::from(*n))),
         }
     }
 
@@ -84,8 +95,9 @@ mod tests {
     #[test]
     fn shared_buffers_advance_independently() {
         let frame = Rc::new(Bytes::from_static(b"hello"));
-        let mut a = OutBuf::shared(Rc::clone(&frame));
-        let b = OutBuf::shared(frame);
+        let mut a = OutBuf::shared(Rc::clone(&frame), 2);
+        let b = OutBuf::shared(frame, 2);
+        assert_eq!(a.charge(), (0, 3));
         a.advance(2);
         assert_eq!(a.as_slice(), b"llo");
         assert_eq!(b.as_slice(), b"hello");

@@ -99,7 +99,8 @@ struct State {
     /// Connections held only to be refused (flag REJECTING).
     rejecting: u32,
     per_ip: Option<PerIp>,
-    /// Outbound bytes queued plus bytes held for reassembly, over all connections.
+    /// Bytes held for message reassembly and incomplete HTTP requests, over all connections
+    /// (queued outbound data is counted by the send queues themselves).
     held_bytes: u64,
     /// Set once draining began: when to give up waiting.
     drain_deadline: Option<Tick>,
@@ -338,14 +339,11 @@ impl State {
                         self.stats.bytes_out += n as u64;
                         let done = (n as u64).min(u64::from(conn.outq_bytes));
                         conn.outq_bytes -= done as u32;
-                        self.held_bytes = self.held_bytes.saturating_sub(done);
                         if !conn.has(flag::SHUTDOWN) {
                             for b in unsent.drain(..).rev() {
                                 self.sendq.push_front(&mut conn.outq, b);
                             }
                         } else {
-                            self.held_bytes =
-                                self.held_bytes.saturating_sub(u64::from(conn.outq_bytes));
                             conn.outq_bytes = 0;
                         }
                     }
@@ -439,7 +437,7 @@ impl State {
     fn release(&mut self, index: u32) {
         let conn = self.conns.remove(index as usize);
         debug_assert!(!conn.has(flag::RECV_ARMED | flag::SEND_INFLIGHT));
-        self.held_bytes = self.held_bytes.saturating_sub(u64::from(conn.outq_bytes));
+        debug_assert!(conn.outq.is_empty());
         if let Phase::WebSocket(ws) = &conn.phase {
             self.held_bytes = self
                 .held_bytes
@@ -676,7 +674,7 @@ impl State {
         } = conn;
         let sendq = &mut self.sendq;
         let Phase::WebSocket(ws) = phase else { return };
-        let held_before = ws.decoder.buffered_bytes() as u64 + u64::from(*outq_bytes);
+        let held_before = ws.decoder.buffered_bytes() as u64;
         let mut pos = 0;
         let mut failure: Option<u16> = None;
         let mut close_after = false;
@@ -763,7 +761,7 @@ impl State {
             }
             close_after = true;
         }
-        let held_after = ws.decoder.buffered_bytes() as u64 + u64::from(*outq_bytes);
+        let held_after = ws.decoder.buffered_bytes() as u64;
         self.held_bytes = (self.held_bytes + held_after).saturating_sub(held_before);
         let publish_to = match ws.endpoint {
             Endpoint::Topic { id, .. } if !to_publish.is_empty() => Some(id),
@@ -910,10 +908,11 @@ impl State {
             let done = end == subscribers.len();
             let frame = Rc::clone(&job.frame);
             let exclude = job.exclude;
+            let sharers = self.topics.topic(job.topic).live;
             budget -= batch.len();
             for index in batch {
                 if index != topic::TOMBSTONE && Some(index) != exclude {
-                    self.deliver(index, &frame);
+                    self.deliver(index, &frame, sharers);
                 }
             }
             if done {
@@ -927,7 +926,7 @@ impl State {
 
     /// Queues a shared frame to one subscriber, or closes it as a slow consumer (1008) when it
     /// is more than `max_outbound_bytes` behind.
-    fn deliver(&mut self, index: u32, frame: &Rc<Bytes>) {
+    fn deliver(&mut self, index: u32, frame: &Rc<Bytes>, sharers: u32) {
         let max = self.limits.outbound_bytes_max;
         let Some(conn) = self.conns.get_mut(index as usize) else {
             return;
@@ -945,14 +944,12 @@ impl State {
             // Drop what it has not been sent yet and tell it why; what is in flight finishes.
             let dropped = self.sendq.clear(&mut conn.outq);
             conn.outq_bytes = conn.outq_bytes.saturating_sub(dropped as u32);
-            self.held_bytes = self.held_bytes.saturating_sub(dropped);
             self.send_close(index, close::POLICY_VIOLATION);
             return;
         }
         conn.outq_bytes += len as u32;
-        self.held_bytes += len as u64;
         self.sendq
-            .push_back(&mut conn.outq, OutBuf::shared(Rc::clone(frame)));
+            .push_back(&mut conn.outq, OutBuf::shared(Rc::clone(frame), sharers));
         self.stats.deliveries += 1;
         self.mark_dirty(index);
     }
@@ -971,7 +968,6 @@ impl State {
     /// frames).
     fn queue_control(&mut self, index: u32, bytes: Bytes) {
         let conn = &mut self.conns[index as usize];
-        self.held_bytes += bytes.len() as u64;
         push_unlimited(&mut self.sendq, &mut conn.outq, &mut conn.outq_bytes, bytes);
         self.mark_dirty(index);
     }
@@ -1006,7 +1002,6 @@ impl State {
         // Bytes in flight stay counted until their completion; the rest is dropped now.
         let queued = self.sendq.clear(&mut conn.outq);
         conn.outq_bytes = conn.outq_bytes.saturating_sub(queued as u32);
-        self.held_bytes = self.held_bytes.saturating_sub(queued);
         conn.deadline = 0;
         match &mut conn.phase {
             Phase::Http(h) => {
@@ -1113,11 +1108,18 @@ impl State {
         self.close_after_flush(index);
     }
 
+    /// Memory the budget covers: queued outbound data as the send queues hold it (a shared
+    /// frame costs its queue node per subscriber, and its bytes once per fan-out) plus bytes held
+    /// for message reassembly and incomplete HTTP requests.
+    fn memory_bytes(&self) -> u64 {
+        self.sendq.memory_bytes() + self.held_bytes
+    }
+
     /// Over the shard's memory budget: close the connections holding the most until it is back
     /// under 90% of it. Rare by design, so a scan is fine.
     fn enforce_budget(&mut self) {
         let budget = self.limits.memory_budget_bytes;
-        if self.held_bytes <= budget {
+        if self.memory_bytes() <= budget {
             return;
         }
         let mut holders: Vec<(u64, u32)> = self
@@ -1135,7 +1137,7 @@ impl State {
         holders.sort_unstable_by(|a, b| b.cmp(a));
         let target = budget / 10 * 9;
         for (held, index) in holders {
-            if self.held_bytes <= target || held == 0 {
+            if self.memory_bytes() <= target || held == 0 {
                 break;
             }
             self.stats.budget_closes += 1;
@@ -1144,7 +1146,7 @@ impl State {
         tracing::warn!(
             shard = self.id,
             budget,
-            held = self.held_bytes,
+            held = self.memory_bytes(),
             "memory budget exceeded: closed the largest holders"
         );
     }

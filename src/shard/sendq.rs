@@ -42,14 +42,40 @@ struct Node {
 #[derive(Default)]
 pub struct SendQueues {
     nodes: Slab<Node>,
+    /// Bytes of unshared buffers queued (shared frames are charged by their fan-out).
+    owned_bytes: u64,
+    /// Bytes of shared frames queued, each counted once per queue that holds it, divided by
+    /// the number of queues it was handed to (see [`OutBuf::charge`]).
+    shared_bytes: u64,
 }
+
+/// What one queued buffer costs beyond its bytes: the node itself.
+pub const NODE_BYTES: u64 = std::mem::size_of::<Node>() as u64;
 
 impl SendQueues {
     pub fn new() -> Self {
         Self::default()
     }
 
+    fn charge(&mut self, b: &OutBuf) {
+        let (owned, shared) = b.charge();
+        self.owned_bytes += owned;
+        self.shared_bytes += shared;
+    }
+
+    fn refund(&mut self, b: &OutBuf) {
+        let (owned, shared) = b.charge();
+        self.owned_bytes = self.owned_bytes.saturating_sub(owned);
+        self.shared_bytes = self.shared_bytes.saturating_sub(shared);
+    }
+
+    /// Memory the queues hold: nodes, unshared bytes, and each shared frame's share.
+    pub fn memory_bytes(&self) -> u64 {
+        self.nodes.len() as u64 * NODE_BYTES + self.owned_bytes + self.shared_bytes
+    }
+
     pub fn push_back(&mut self, q: &mut QueueRef, bytes: OutBuf) {
+        self.charge(&bytes);
         let index = self.nodes.insert(Node { bytes, next: NIL }) as u32;
         if q.tail == NIL {
             q.head = index;
@@ -60,6 +86,7 @@ impl SendQueues {
     }
 
     pub fn push_front(&mut self, q: &mut QueueRef, bytes: OutBuf) {
+        self.charge(&bytes);
         let index = self.nodes.insert(Node {
             bytes,
             next: q.head,
@@ -75,6 +102,7 @@ impl SendQueues {
             return None;
         }
         let node = self.nodes.remove(q.head as usize);
+        self.refund(&node.bytes);
         q.head = node.next;
         if q.head == NIL {
             q.tail = NIL;
