@@ -174,7 +174,7 @@ limit_settings! {
         "16384", "a read is split over several buffers";
     /// Most buffers gathered into one send.
     send_iovecs_max => send_iovecs_max: usize, "RINGCAST_SEND_IOVECS_MAX", "buffers",
-        "64", "the rest goes in the next send";
+        "1024", "the rest goes in the next send";
     /// Messages each shard-to-shard ring holds.
     mesh_ring_capacity => mesh_ring_capacity: u32, "RINGCAST_MESH_RING_CAPACITY", "messages",
         "8192", "a publish needing it is refused: 503 + Retry-After, or close 1013; counted";

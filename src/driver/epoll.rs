@@ -31,7 +31,7 @@ const READS_PER_TURN: usize = 8;
 /// Accepts per turn.
 const ACCEPTS_PER_TURN: usize = 256;
 /// Buffer lists kept for reuse after a send; beyond this they are freed.
-const SPARE_SENDS_MAX: usize = 256;
+const SPARE_SENDS_MAX: usize = 64;
 
 fn event_data(kind: u64, key: ConnKey) -> u64 {
     (kind << 56) | (u64::from(key.generation & GEN_MASK) << 32) | u64::from(key.index)

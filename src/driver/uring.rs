@@ -32,7 +32,7 @@ const MSG_RING_CQE_SKIP: u32 = 1;
 const GEN_MASK: u32 = 0x00ff_ffff;
 
 /// Finished send ops kept for reuse (each holds two small vectors); beyond this they are freed.
-const SPARE_SENDS_MAX: usize = 256;
+const SPARE_SENDS_MAX: usize = 64;
 
 fn user_data(kind: u64, generation: u32, index: u32) -> u64 {
     (kind << 56) | (u64::from(generation & GEN_MASK) << 32) | u64::from(index)

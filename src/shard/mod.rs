@@ -45,6 +45,9 @@ use timer::{Tick, TimerWheel, ms_to_ticks, tick_reached};
 /// Generations travel in 24 bits of io_uring user data.
 const GENERATION_MASK: u32 = 0x00ff_ffff;
 
+/// Most publishes of one topic walked together by the fan-out (see `run_fanout`).
+const FANOUT_RUN_MAX: usize = 1024;
+
 /// How long accepting pauses after EMFILE/ENFILE, so a full descriptor table does not spin.
 const ACCEPT_BACKOFF_MS: u32 = 100;
 
@@ -893,32 +896,57 @@ impl State {
     }
 
     /// Queues frames to subscribers, oldest publish first, at most
-    /// `fanout_deliveries_per_turn_max` per turn. Each subscriber gets a shared reference to
-    /// the one encoded frame; its send is submitted once per turn with everything queued.
+    /// `fanout_deliveries_per_turn_max` per turn, so one hot topic cannot starve the shard.
+    ///
+    /// Consecutive publishes to the same topic that have reached the same subscriber form a
+    /// run, and the run is walked subscriber by subscriber: each subscriber gets every message
+    /// of the run at once, so its one send per turn carries them all (the kernel's cost per
+    /// send, not per message, is what fan-out pays). Order per subscriber is the publish order.
     fn run_fanout(&mut self) {
         let mut budget = self.limits.fanout_deliveries_per_turn_max as usize;
         while budget > 0 {
-            let Some(job) = self.fanout.front_mut() else {
+            let Some(front) = self.fanout.front() else {
                 break;
             };
-            let subscribers = &self.topics.topic(job.topic).subscribers;
-            let end = subscribers.len().min(job.cursor + budget);
-            let batch: Vec<u32> = subscribers[job.cursor..end].to_vec();
-            job.cursor = end;
-            let done = end == subscribers.len();
-            let frame = Rc::clone(&job.frame);
-            let exclude = job.exclude;
-            let sharers = self.topics.topic(job.topic).live;
-            budget -= batch.len();
+            let (topic_id, cursor) = (front.topic, front.cursor);
+            let run = self
+                .fanout
+                .iter()
+                .take(FANOUT_RUN_MAX)
+                .take_while(|j| j.topic == topic_id && j.cursor == cursor)
+                .count();
+            let topic = self.topics.topic(topic_id);
+            let sharers = topic.live;
+            let total = topic.subscribers.len();
+            let take = (budget / run).max(1).min(total - cursor);
+            let batch: Vec<u32> = topic.subscribers[cursor..cursor + take].to_vec();
+            let frames: Vec<(Rc<Bytes>, Option<u32>)> = self
+                .fanout
+                .iter()
+                .take(run)
+                .map(|j| (Rc::clone(&j.frame), j.exclude))
+                .collect();
+            budget = budget.saturating_sub(take * run);
             for index in batch {
-                if index != topic::TOMBSTONE && Some(index) != exclude {
-                    self.deliver(index, &frame, sharers);
+                if index == topic::TOMBSTONE {
+                    continue;
+                }
+                for (frame, exclude) in &frames {
+                    if Some(index) != *exclude {
+                        self.deliver(index, frame, sharers);
+                    }
                 }
             }
-            if done {
-                let job = self.fanout.pop_front().unwrap_or_else(|| unreachable!());
-                for (index, slot) in self.topics.end_fanout(job.topic) {
-                    self.set_topic_slot(index, slot);
+            if cursor + take == total {
+                for _ in 0..run {
+                    let job = self.fanout.pop_front().unwrap_or_else(|| unreachable!());
+                    for (index, slot) in self.topics.end_fanout(job.topic) {
+                        self.set_topic_slot(index, slot);
+                    }
+                }
+            } else {
+                for job in self.fanout.iter_mut().take(run) {
+                    job.cursor = cursor + take;
                 }
             }
         }
