@@ -5,14 +5,16 @@
 // topic's other subscribers (not the sender, not another topic); POST /topics/{name} with the
 // bearer token publishes to all (text if UTF-8 else binary), 202 {"ok":true}, 401 without or
 // with a wrong token, pipelined requests answered in order on one keep-alive connection.
-// Exits 0 and prints "smoke: N passed, 0 failed" when all pass; bounded by a 20 s timer.
+// --echo-only checks /echo alone. Exits 0 and prints "smoke: N passed, 0 failed" when all pass; bounded by a 20 s timer.
 'use strict';
 const net = require('node:net');
 const WebSocket = require('ws');
 
-const [addr, token] = process.argv.slice(2);
+const args = process.argv.slice(2);
+const echoOnly = args.includes('--echo-only');
+const [addr, token] = args.filter((a) => a !== '--echo-only');
 if (!addr || !token) {
-  console.error('usage: node smoke.js HOST:PORT TOKEN');
+  console.error('usage: node smoke.js HOST:PORT TOKEN [--echo-only]');
   process.exit(2);
 }
 const [host, port] = [addr.slice(0, addr.lastIndexOf(':')), Number(addr.slice(addr.lastIndexOf(':') + 1))];
@@ -143,6 +145,7 @@ async function main() {
   let m = await e.next();
   check('echo binary', same(m, true, bin), show(m));
   e.close();
+  if (echoOnly) return;
 
   // /topics: A and B on one topic, C on another.
   const t1 = `smoke-${suffix}`;

@@ -126,7 +126,13 @@ where
     let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(8080);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
+        // `TcpListener::bind` listens with mio's backlog of 128, which overflows (1 s SYN
+        // retransmits) while `ringcast bench connect` has 512 handshakes in flight; Node listens
+        // with 511, Bun with 512, ringcast with 4096. 1024 here, via tokio's `TcpSocket`.
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        socket.bind(([127, 0, 0, 1], port).into()).expect("bind");
+        let listener = socket.listen(1024).expect("listen");
         println!("{name}: listening on {}", listener.local_addr().unwrap());
         loop {
             let (stream, _) = match listener.accept().await {
