@@ -4,7 +4,7 @@
 # workload x server: starts the server pinned to one CPU, runs `ringcast bench` pinned to the
 # other, stops the server by its PID, and at the end prints one markdown table.
 #
-#   benches/compare/run.sh                  # the full run (about 15 minutes)
+#   benches/compare/run.sh                  # the full run
 #   QUICK=1 benches/compare/run.sh          # every workload 10x smaller
 #
 # Settings (environment):
