@@ -74,16 +74,36 @@ async fn echo(fut: upgrade::UpgradeFut) -> Result<(), WebSocketError> {
 
 async fn subscriber(fut: upgrade::UpgradeFut, topic: String, topics: Shared<Out>) -> Result<(), WebSocketError> {
     let ws = fut.await?;
-    let (rx_half, mut tx_half) = ws.split(tokio::io::split);
+    // The write half goes through a BufWriter so that the frames already queued for this
+    // subscriber leave in one write and one `flush`, as the tokio-tungstenite peer's `feed` +
+    // `flush` do (fastwebsockets writes each frame straight to its stream otherwise).
+    let (rx_half, mut tx_half) = ws.split(|s| {
+        let (r, w) = tokio::io::split(s);
+        (r, tokio::io::BufWriter::new(w))
+    });
     let mut reader = FragmentCollectorRead::new(rx_half);
     let (tx, mut rx) = mpsc::unbounded_channel::<Out>();
     let id = topics.lock().unwrap().subscribe(&topic, tx.clone());
     let writer = tokio::spawn(async move {
-        while let Some((opcode, payload)) = rx.recv().await {
-            let close = opcode == OpCode::Close;
-            let frame = Frame::new(true, opcode, None, fastwebsockets::Payload::Borrowed(&payload));
-            if tx_half.write_frame(frame).await.is_err() || close {
-                break;
+        while let Some(mut next) = rx.recv().await {
+            loop {
+                let (opcode, payload) = next;
+                let close = opcode == OpCode::Close;
+                let frame = Frame::new(true, opcode, None, fastwebsockets::Payload::Borrowed(&payload));
+                if tx_half.write_frame(frame).await.is_err() {
+                    return;
+                }
+                if close {
+                    let _ = tx_half.flush().await;
+                    return;
+                }
+                match rx.try_recv() {
+                    Ok(more) => next = more,
+                    Err(_) => break,
+                }
+            }
+            if tx_half.flush().await.is_err() {
+                return;
             }
         }
     });
