@@ -45,6 +45,11 @@ else
 fi
 RATE=200
 BENCH_TIMEOUT_S=${BENCH_TIMEOUT_S:-300}
+# The idle workload needs an open file per connection, in the server and in the load tool.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -le "$((IDLE_CONNS + 100))" ]; then
+    printf 'warning: open-file limit %s is too low for %s idle connections\n' "$(ulimit -n)" "$IDLE_CONNS" >&2
+fi
 
 # The bench command line of workload $1 against a server on port $2 with PID $3.
 workload_args() {
@@ -214,7 +219,7 @@ for w in $WORKLOADS; do
                 >"$base.json" 2>"$base.err"; } 2>"$base.time" &
             bench=$!
             # Wait for the connection count to stop growing (all connected), then read the RSS.
-            last=-1 stable=0 rss1= conns=
+            last=-1 stable=0 rss1='' conns=''
             while kill -0 "$bench" 2>/dev/null; do
                 sleep 0.25
                 n=$(established "$PORT")
@@ -231,7 +236,7 @@ for w in $WORKLOADS; do
         else
             { time timeout -k 5 "$BENCH_TIMEOUT_S" taskset -c "$LOAD_CPU" "$BIN" bench "${args[@]}" \
                 >"$base.json" 2>"$base.err"; } 2>"$base.time" || status="bench failed (exit $?)"
-            rss1= conns=
+            rss1='' conns=''
         fi
         t1=$(date +%s.%N)
         cpu1=$(cpu_s "$SERVER_PID")

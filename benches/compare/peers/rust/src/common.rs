@@ -35,7 +35,10 @@ pub type Shared<T> = Arc<Mutex<Topics<T>>>;
 
 impl<T: Clone> Topics<T> {
     pub fn new() -> Shared<T> {
-        Arc::new(Mutex::new(Topics { next_id: 0, map: HashMap::new() }))
+        Arc::new(Mutex::new(Topics {
+            next_id: 0,
+            map: HashMap::new(),
+        }))
     }
     pub fn subscribe(&mut self, topic: &str, tx: UnboundedSender<T>) -> u64 {
         self.next_id += 1;
@@ -53,7 +56,9 @@ impl<T: Clone> Topics<T> {
     }
     /// Queue `msg` for every subscriber of `topic` but `except`; returns how many.
     pub fn publish(&self, topic: &str, msg: &T, except: Option<u64>) -> usize {
-        let Some(subs) = self.map.get(topic) else { return 0 };
+        let Some(subs) = self.map.get(topic) else {
+            return 0;
+        };
         let mut n = 0;
         for (id, tx) in subs {
             if Some(*id) != except && tx.send(msg.clone()).is_ok() {
@@ -74,7 +79,11 @@ pub fn route(path: &str) -> Route<'_> {
     if path == "/echo" {
         Route::Echo
     } else if let Some(name) = path.strip_prefix("/topics/") {
-        if name.is_empty() || name.contains('/') { Route::NotFound } else { Route::Topic(name) }
+        if name.is_empty() || name.contains('/') {
+            Route::NotFound
+        } else {
+            Route::Topic(name)
+        }
     } else {
         Route::NotFound
     }
@@ -84,7 +93,8 @@ pub fn respond(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut res = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *res.status_mut() = status;
     if body.starts_with('{') {
-        res.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        res.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
     res
 }
@@ -123,8 +133,14 @@ where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
-    let port: u16 = std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(8080);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(8080);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async move {
         // `TcpListener::bind` listens with mio's backlog of 128, which overflows (1 s SYN
         // retransmits) while `ringcast bench connect` has 512 handshakes in flight; Node listens

@@ -8,7 +8,9 @@ mod common;
 
 use bytes::Bytes;
 use common::{Payload, Route, Shared, Topics, respond};
-use fastwebsockets::{FragmentCollector, FragmentCollectorRead, Frame, OpCode, WebSocketError, upgrade};
+use fastwebsockets::{
+    FragmentCollector, FragmentCollectorRead, Frame, OpCode, WebSocketError, upgrade,
+};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::mpsc;
@@ -23,7 +25,11 @@ fn to_out(p: Payload) -> Out {
     }
 }
 
-async fn handle(mut req: Request<Incoming>, topics: Shared<Out>, token: std::sync::Arc<str>) -> Response<common::Body> {
+async fn handle(
+    mut req: Request<Incoming>,
+    topics: Shared<Out>,
+    token: std::sync::Arc<str>,
+) -> Response<common::Body> {
     let path = req.uri().path().to_owned();
     match common::route(&path) {
         Route::Topic(name) if req.method() == Method::POST => {
@@ -72,7 +78,11 @@ async fn echo(fut: upgrade::UpgradeFut) -> Result<(), WebSocketError> {
     Ok(())
 }
 
-async fn subscriber(fut: upgrade::UpgradeFut, topic: String, topics: Shared<Out>) -> Result<(), WebSocketError> {
+async fn subscriber(
+    fut: upgrade::UpgradeFut,
+    topic: String,
+    topics: Shared<Out>,
+) -> Result<(), WebSocketError> {
     let ws = fut.await?;
     // The write half goes through a BufWriter so that the frames already queued for this
     // subscriber leave in one write and one `flush`, as the tokio-tungstenite peer's `feed` +
@@ -89,7 +99,12 @@ async fn subscriber(fut: upgrade::UpgradeFut, topic: String, topics: Shared<Out>
             loop {
                 let (opcode, payload) = next;
                 let close = opcode == OpCode::Close;
-                let frame = Frame::new(true, opcode, None, fastwebsockets::Payload::Borrowed(&payload));
+                let frame = Frame::new(
+                    true,
+                    opcode,
+                    None,
+                    fastwebsockets::Payload::Borrowed(&payload),
+                );
                 if tx_half.write_frame(frame).await.is_err() {
                     return;
                 }
@@ -141,5 +156,7 @@ async fn subscriber(fut: upgrade::UpgradeFut, topic: String, topics: Shared<Out>
 fn main() {
     let topics: Shared<Out> = Topics::new();
     let token = common::token();
-    common::serve("fastwebsockets-peer", move |req| handle(req, topics.clone(), token.clone()));
+    common::serve("fastwebsockets-peer", move |req| {
+        handle(req, topics.clone(), token.clone())
+    });
 }

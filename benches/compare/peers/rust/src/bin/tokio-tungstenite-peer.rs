@@ -29,14 +29,23 @@ fn to_message(p: Payload) -> Message {
 fn is_ws_upgrade(req: &Request<Incoming>) -> bool {
     let h = req.headers();
     req.method() == Method::GET
-        && h.get(UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+        && h.get(UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
         && h.get(CONNECTION)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("upgrade")))
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|p| p.trim().eq_ignore_ascii_case("upgrade"))
+            })
         && h.get(SEC_WEBSOCKET_KEY).is_some()
 }
 
-async fn handle(req: Request<Incoming>, topics: Shared<Message>, token: std::sync::Arc<str>) -> Response<common::Body> {
+async fn handle(
+    req: Request<Incoming>,
+    topics: Shared<Message>,
+    token: std::sync::Arc<str>,
+) -> Response<common::Body> {
     let path = req.uri().path().to_owned();
     match common::route(&path) {
         Route::Topic(name) if req.method() == Method::POST => {
@@ -48,7 +57,9 @@ async fn handle(req: Request<Incoming>, topics: Shared<Message>, token: std::syn
             .await
         }
         Route::NotFound => respond(StatusCode::NOT_FOUND, "not found\n"),
-        _ if !is_ws_upgrade(&req) => respond(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade\n"),
+        _ if !is_ws_upgrade(&req) => {
+            respond(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade\n")
+        }
         route => {
             let topic = match route {
                 Route::Topic(name) => Some(name.to_owned()),
@@ -57,8 +68,12 @@ async fn handle(req: Request<Incoming>, topics: Shared<Message>, token: std::syn
             let accept = derive_accept_key(req.headers()[SEC_WEBSOCKET_KEY].as_bytes());
             let mut req = req;
             tokio::spawn(async move {
-                let Ok(upgraded) = hyper::upgrade::on(&mut req).await else { return };
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+                let Ok(upgraded) = hyper::upgrade::on(&mut req).await else {
+                    return;
+                };
+                let ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
+                        .await;
                 match topic {
                     None => echo(ws).await,
                     Some(t) => subscriber(ws, t, topics).await,
@@ -126,5 +141,7 @@ async fn subscriber(ws: Ws, topic: String, topics: Shared<Message>) {
 fn main() {
     let topics: Shared<Message> = Topics::new();
     let token = common::token();
-    common::serve("tokio-tungstenite-peer", move |req| handle(req, topics.clone(), token.clone()));
+    common::serve("tokio-tungstenite-peer", move |req| {
+        handle(req, topics.clone(), token.clone())
+    });
 }
