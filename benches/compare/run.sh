@@ -218,14 +218,14 @@ for w in $WORKLOADS; do
             { time timeout -k 5 "$BENCH_TIMEOUT_S" taskset -c "$LOAD_CPU" "$BIN" bench "${args[@]}" \
                 >"$base.json" 2>"$base.err"; } 2>"$base.time" &
             bench=$!
-            # Wait for the connection count to stop growing (all connected), then read the RSS.
+            # Wait for all connections (or a count that has not grown for 2 s), then read the RSS.
             last=-1 stable=0 rss1='' conns=''
             while kill -0 "$bench" 2>/dev/null; do
                 sleep 0.25
                 n=$(established "$PORT")
                 if [ "$n" -gt 0 ] && [ "$n" -eq "$last" ]; then stable=$((stable + 1)); else stable=0; fi
                 last=$n
-                if [ "$n" -ge "$IDLE_CONNS" ] || [ "$stable" -ge 4 ]; then
+                if [ "$n" -ge "$IDLE_CONNS" ] || [ "$stable" -ge 8 ]; then
                     sleep 0.5
                     rss1=$(rss_kib "$SERVER_PID")
                     conns=$(established "$PORT")
