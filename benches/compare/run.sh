@@ -17,6 +17,8 @@
 #   SERVER_CPU=0 LOAD_CPU=1   the CPUs for the server and for the load tool
 #   PORT_BASE=17900  servers listen on 127.0.0.1:PORT_BASE+n (a new port for every start)
 #   OUT=DIR          keep the raw results there (default: a new directory under /tmp)
+#   RINGCAST_BIN=... BENCH_BIN=...   the ringcast server / the load tool to use (default: this
+#                    tree's target/release/ringcast, built by the install step)
 #
 # Bounded: every bench runs under `timeout`, every server started is stopped by its PID (TERM,
 # then KILL after 10 s), and all traffic stays on 127.0.0.1.
@@ -24,7 +26,9 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-BIN=$ROOT/target/release/ringcast
+# The ringcast server and the load tool (`ringcast bench`); both default to this tree's build.
+RINGCAST_BIN=${RINGCAST_BIN:-$ROOT/target/release/ringcast}
+BENCH_BIN=${BENCH_BIN:-$ROOT/target/release/ringcast}
 SERVERS=${SERVERS:-"ringcast bun node-ws tokio-tungstenite fastwebsockets"}
 WORKLOADS=${WORKLOADS:-"fanout-ws fanout-http fanout-rate echo idle"}
 QUICK=${QUICK:-0}
@@ -109,8 +113,8 @@ server_cmd() {
         local extra=(--allow-client-publish --publish-token "$TOKEN")
         # Until this build of ringcast has the publish flags, start it without them (its /topics
         # part of the smoke test then fails, and only the /echo workloads are measured).
-        if ! "$BIN" serve --help 2>/dev/null | grep -q -- --allow-client-publish; then extra=(); fi
-        echo "$BIN" serve --shards 1 --listen "127.0.0.1:$PORT" --admin-listen 127.0.0.1:0 --echo "${extra[@]}"
+        if ! "$RINGCAST_BIN" serve --help 2>/dev/null | grep -q -- --allow-client-publish; then extra=(); fi
+        echo "$RINGCAST_BIN" serve --shards 1 --listen "127.0.0.1:$PORT" --admin-listen 127.0.0.1:0 --echo "${extra[@]}"
         ;;
     bun) echo "$BUN" "$HERE/peers/bun/server.ts" ;;
     node-ws) echo node "$HERE/peers/node-ws/server.js" ;;
@@ -215,7 +219,7 @@ for w in $WORKLOADS; do
         TIMEFORMAT='%U %S'
         status=ok
         if [ "$kind" = idle ]; then
-            { time timeout -k 5 "$BENCH_TIMEOUT_S" taskset -c "$LOAD_CPU" "$BIN" bench "${args[@]}" \
+            { time timeout -k 5 "$BENCH_TIMEOUT_S" taskset -c "$LOAD_CPU" "$BENCH_BIN" bench "${args[@]}" \
                 >"$base.json" 2>"$base.err"; } 2>"$base.time" &
             bench=$!
             # Wait for all connections (or a count that has not grown for 2 s), then read the RSS.
@@ -234,7 +238,7 @@ for w in $WORKLOADS; do
             done
             wait "$bench" || status="bench failed (exit $?)"
         else
-            { time timeout -k 5 "$BENCH_TIMEOUT_S" taskset -c "$LOAD_CPU" "$BIN" bench "${args[@]}" \
+            { time timeout -k 5 "$BENCH_TIMEOUT_S" taskset -c "$LOAD_CPU" "$BENCH_BIN" bench "${args[@]}" \
                 >"$base.json" 2>"$base.err"; } 2>"$base.time" || status="bench failed (exit $?)"
             rss1='' conns=''
         fi
@@ -259,5 +263,8 @@ echo "ringcast compare, $(date -u '+%Y-%m-%d %H:%M UTC'), $(getconf _NPROCESSORS
     "ringcast $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), bun $("$BUN" --version 2>/dev/null || echo '?')," \
     "node $(node --version), ws $(node -p "require('$HERE/node_modules/ws/package.json').version" 2>/dev/null || echo '?')$([ "$QUICK" = 1 ] && echo ', QUICK=1 (10x smaller)')."
 echo "Server on CPU $SERVER_CPU, load tool on CPU $LOAD_CPU; raw results in $OUT."
+if [ "$RINGCAST_BIN" != "$ROOT/target/release/ringcast" ] || [ "$BENCH_BIN" != "$ROOT/target/release/ringcast" ]; then
+    echo "ringcast server: $RINGCAST_BIN; load tool: $BENCH_BIN."
+fi
 echo
 node "$HERE/summarize.js" "$OUT" "$WORKLOADS" "$SERVERS"

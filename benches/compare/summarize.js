@@ -83,6 +83,9 @@ function fmtUs(x) {
   return `${x.toFixed(0)} µs`;
 }
 const fmtNs = (x) => (x === null ? '?' : x >= 1e4 ? `${(x / 1e3).toFixed(1)} µs` : `${x.toFixed(0)} ns`);
+// {user_s, system_s} (ringcast bench's CPU usage objects) -> total seconds.
+const cpuSum = (o) =>
+  o && typeof o === 'object' && typeof o.user_s === 'number' ? o.user_s + (Number(o.system_s) || 0) : null;
 const fmtS = (x) => (x === null ? '?' : `${x.toFixed(2)} s`);
 
 const header = [
@@ -168,9 +171,14 @@ for (const w of workloads) {
       if (!rate) missing.push('rate');
       // Server CPU: the bench's own (measured with --server-pid over its window), else the
       // whole run from /proc/PID/stat (marked *: includes connecting the subscribers).
-      const perDelivery = find(flat, [/server.*cpu.*per_(delivery|message|msg|echo)/, /cpu_ns_per_(delivery|message|msg)/]);
+      const perDelivery = find(flat, [
+        /^server_ns_per_(delivery|msg|message)$/,
+        /server.*per_(delivery|message|msg|echo)/,
+        /cpu_ns_per_(delivery|message|msg)/,
+      ]);
       const serverCpu = find(flat, [/server.*cpu(_time)?(_(ns|us|ms|s))?$/, /server.*cpu.*total/], /per_/);
-      let cpuS = serverCpu ? conv(serverCpu, 's', 's') : null;
+      let cpuS = cpuSum(obj && obj.server_cpu);
+      if (cpuS === null && serverCpu) cpuS = conv(serverCpu, 's', 's');
       let star = '';
       if (cpuS === null && num(meta.server_cpu_s_proc) !== null) {
         cpuS = num(meta.server_cpu_s_proc);
@@ -188,17 +196,40 @@ for (const w of workloads) {
       cells[4] = p50 ? fmtUs(conv(p50, 'us', 'us')) : '?';
       cells[5] = p99 ? fmtUs(conv(p99, 'us', 'us')) : '?';
       if (!p50 || !p99) missing.push('latency');
-      const loss = find(flat, [/^loss(_pct|_percent|_ratio)?$/, /^lost$/, /loss|lost|missing|dropped/]);
+      const loss = find(
+        flat,
+        meta.kind === 'echo'
+          ? [/^unanswered$/, /^loss(_pct|_percent|_ratio)?$/, /^lost$/, /loss|lost|missing|unanswered/]
+          : [/^loss(_pct|_percent|_ratio)?$/, /^lost$/, /loss|lost|missing/],
+      );
       if (loss) {
         const pct = /pct|percent/.test(loss.path);
         const ratio = /ratio/.test(loss.path);
+        const expected = obj && (meta.kind === 'echo' ? obj.sent : obj.expected);
         cells[6] = pct ? `${loss.value}%` : ratio ? `${(loss.value * 100).toFixed(3)}%` : `${loss.value}`;
+        if (!pct && !ratio && typeof expected === 'number' && expected > 0) {
+          cells[6] += ` of ${expected}`;
+        }
       } else {
         cells[6] = '?';
         missing.push('loss');
       }
       const clientCpu = find(flat, [/(client|bench|load|self).*cpu(_time)?(_(ns|us|ms|s))?$/], /per_|server/);
-      if (clientCpu) cells[8] = fmtS(conv(clientCpu, 's', 's'));
+      const clientS = cpuSum(obj && obj.client_cpu);
+      if (clientS !== null) cells[8] = fmtS(clientS);
+      else if (clientCpu) cells[8] = fmtS(conv(clientCpu, 's', 's'));
+      if (cells[8] !== '?' && obj && typeof obj.client_cores === 'number') cells[8] += ` (${obj.client_cores.toFixed(2)} cores)`;
+      // Anything that makes the row suspect goes next to the rate.
+      const warn = [];
+      if (obj && obj.drain_timed_out) warn.push('drain timed out');
+      if (obj && obj.publisher_error) warn.push(`publisher: ${obj.publisher_error}`);
+      if (obj && obj.subscribe_failed) warn.push(`${obj.subscribe_failed} subscribes failed`);
+      if (obj && obj.connect_failed) warn.push(`${obj.connect_failed} connects failed`);
+      if (obj && obj.mismatched) warn.push(`${obj.mismatched} mismatched`);
+      if (obj && obj.publish_rejected && Object.keys(obj.publish_rejected).length) {
+        warn.push(`publish rejected ${JSON.stringify(obj.publish_rejected)}`);
+      }
+      if (warn.length) cells[2] += ` (${warn.join('; ')})`;
     }
     if (!obj) missing.push('no JSON');
     rows.push(cells);
