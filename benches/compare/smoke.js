@@ -114,7 +114,7 @@ function pipelined(requests, count) {
           body = buf.subarray(end + 4, end + 4 + n);
           rest = buf.subarray(end + 4 + n);
         }
-        out.push({ status, body: body.toString() });
+        out.push({ status, body: body.toString(), chunked: headers['transfer-encoding'] === 'chunked' });
         buf = rest;
         if (out.length === count) {
           sock.end();
@@ -180,6 +180,8 @@ async function main() {
   const statuses = r.map((x) => x.status).join(',');
   check('pipelined POSTs answered in order', statuses === '202,401,202,202', statuses);
   check('202 body is {"ok":true}', r[0] && JSON.parse(r[0].body).ok === true, r[0] && r[0].body);
+  // `ringcast bench fanout --publish http` reads Content-Length bodies only.
+  check('answers carry a Content-Length, not chunked', r.length > 0 && r.every((x) => !x.chunked));
   for (const [name, ws] of [['A', a], ['B', b]]) {
     const got = [await ws.next(), await ws.next(), await ws.next()];
     const ok = same(got[0], false, 'p1') && same(got[1], true, [0xc3, 0x28]) && same(got[2], false, 'p3');

@@ -8,6 +8,9 @@ const { WebSocketServer } = require('ws');
 const PORT = Number(process.env.PORT || 8080);
 const TOKEN = process.env.TOKEN || '';
 const topics = new Map(); // name -> Set<WebSocket>
+// Bodies with a Content-Length: after writeHead, Node would send them chunked otherwise.
+const ACCEPTED = Buffer.from('{"ok":true}');
+const UNAUTHORIZED = Buffer.from('{"error":"unauthorized"}');
 const wss = new WebSocketServer({ noServer: true }); // perMessageDeflate is off by default
 
 function topicOf(pathname) {
@@ -32,7 +35,7 @@ const server = http.createServer((req, res) => {
   const { pathname } = new URL(req.url, 'http://x');
   const name = topicOf(pathname);
   if (req.method !== 'POST' || name === null) {
-    res.writeHead(404, { 'content-type': 'text/plain' });
+    res.writeHead(404, { 'content-type': 'text/plain', 'content-length': 10 });
     res.end('not found\n');
     return;
   }
@@ -40,15 +43,15 @@ const server = http.createServer((req, res) => {
   req.on('data', (c) => chunks.push(c));
   req.on('end', () => {
     if (!TOKEN || req.headers.authorization !== `Bearer ${TOKEN}`) {
-      res.writeHead(401, { 'content-type': 'application/json' });
-      res.end('{"error":"unauthorized"}');
+      res.writeHead(401, { 'content-type': 'application/json', 'content-length': UNAUTHORIZED.length });
+      res.end(UNAUTHORIZED);
       return;
     }
     const body = Buffer.concat(chunks);
     const text = isUtf8(body);
     publish(name, text ? body.toString('utf8') : body, !text, null);
-    res.writeHead(202, { 'content-type': 'application/json' });
-    res.end('{"ok":true}');
+    res.writeHead(202, { 'content-type': 'application/json', 'content-length': ACCEPTED.length });
+    res.end(ACCEPTED);
   });
 });
 
