@@ -88,7 +88,7 @@ if [ "$INSTALL" = 1 ]; then
         (cd "$HERE/node_modules/bun" && node install.js)
     fi
     log "  cargo build --release (peers workspace)"
-    timed cargo build --release --quiet --manifest-path "$HERE/peers/rust/Cargo.toml"
+    timed cargo build --release --locked --quiet --manifest-path "$HERE/peers/rust/Cargo.toml"
     log "  cargo build --release (ringcast)"
     timed bash -c "cd '$ROOT' && cargo build --release --quiet"
 fi
