@@ -63,6 +63,11 @@ impl OutBuf {
         self.len() == 0
     }
 
+    /// True once part of it was sent.
+    pub fn is_started(&self) -> bool {
+        self.start > 0
+    }
+
     /// Marks `n` more bytes as sent.
     pub fn advance(&mut self, n: usize) {
         assert!(

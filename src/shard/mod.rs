@@ -664,7 +664,6 @@ impl State {
 
     fn on_ws_bytes(&mut self, index: u32, input: &mut [u8]) {
         let limits = self.limits.decoder();
-        let outbound_max = self.limits.outbound_bytes_max;
         let allow_publish = self.config.allow_client_publish;
         let mut to_publish: Vec<Bytes> = Vec::new();
         let conn = &mut self.conns[index as usize];
@@ -701,16 +700,8 @@ impl State {
                         Endpoint::Echo => {
                             let mut out = Vec::with_capacity(p.len() + frame::MAX_HEADER_BYTES);
                             frame::encode_frame(opcode, p, &mut out);
-                            if !push_limited(
-                                sendq,
-                                outq,
-                                outq_bytes,
-                                Bytes::from(out),
-                                outbound_max,
-                            ) {
-                                self.stats.slow_consumer_closes += 1;
-                                failure = Some(close::POLICY_VIOLATION);
-                            }
+                            // Whether the reader keeps up is judged when sends are flushed.
+                            push_unlimited(sendq, outq, outq_bytes, Bytes::from(out));
                         }
                         Endpoint::Topic { .. } if allow_publish => {
                             // Encoded once here; every subscriber on every shard gets these bytes.
@@ -730,10 +721,7 @@ impl State {
                     if !ws.close_sent {
                         let mut out = Vec::with_capacity(p.len() + 2);
                         frame::encode_frame(Opcode::Pong, p, &mut out);
-                        if !push_limited(sendq, outq, outq_bytes, Bytes::from(out), outbound_max) {
-                            self.stats.slow_consumer_closes += 1;
-                            failure = Some(close::POLICY_VIOLATION);
-                        }
+                        push_unlimited(sendq, outq, outq_bytes, Bytes::from(out));
                     }
                 }
                 WsEvent::Pong(_) => {}
@@ -952,10 +940,10 @@ impl State {
         }
     }
 
-    /// Queues a shared frame to one subscriber, or closes it as a slow consumer (1008) when it
-    /// is more than `max_outbound_bytes` behind.
+    /// Queues a shared frame to one subscriber. Whether it keeps up is judged when its sends are
+    /// flushed (see `flush_dirty_inner`), not here: a burst queued within one turn has not been
+    /// offered to the kernel yet, so it says nothing about the reader.
     fn deliver(&mut self, index: u32, frame: &Rc<Bytes>, sharers: u32) {
-        let max = self.limits.outbound_bytes_max;
         let Some(conn) = self.conns.get_mut(index as usize) else {
             return;
         };
@@ -967,15 +955,7 @@ impl State {
             _ => return,
         }
         let len = frame.len();
-        if conn.outq_bytes > 0 && conn.outq_bytes as usize + len > max {
-            self.stats.slow_consumer_closes += 1;
-            // Drop what it has not been sent yet and tell it why; what is in flight finishes.
-            let dropped = self.sendq.clear(&mut conn.outq);
-            conn.outq_bytes = conn.outq_bytes.saturating_sub(dropped as u32);
-            self.send_close(index, close::POLICY_VIOLATION);
-            return;
-        }
-        conn.outq_bytes += len as u32;
+        conn.outq_bytes = conn.outq_bytes.saturating_add(len as u32);
         self.sendq
             .push_back(&mut conn.outq, OutBuf::shared(Rc::clone(frame), sharers));
         self.stats.deliveries += 1;
@@ -1202,6 +1182,20 @@ impl State {
                 self.release_if_idle(index);
                 continue;
             }
+            // A send submitted on an earlier turn that the kernel has still not taken, with more
+            // than `max_outbound_bytes` queued behind it: the reader is that far behind. Its
+            // unsent queue is dropped (keeping a frame already half on the wire, so the stream
+            // stays well formed) and it is closed with 1008, counted.
+            if conn.has(flag::SEND_INFLIGHT)
+                && conn.outq_bytes as usize > self.limits.outbound_bytes_max
+                && matches!(&conn.phase, Phase::WebSocket(ws) if !ws.close_sent)
+            {
+                self.stats.slow_consumer_closes += 1;
+                let dropped = self.sendq.clear_unstarted(&mut conn.outq);
+                conn.outq_bytes = conn.outq_bytes.saturating_sub(dropped as u32);
+                self.send_close(index, close::POLICY_VIOLATION);
+                continue;
+            }
             if !conn.outq.is_empty() && !conn.has(flag::SEND_INFLIGHT) {
                 let (sendq, outq) = (&mut self.sendq, &mut conn.outq);
                 match driver.send(key, conn.fd.as_raw_fd(), &mut || sendq.pop_front(outq)) {
@@ -1262,22 +1256,6 @@ enum HttpOutcome {
     Close(Vec<u8>),
     /// Switch to WebSocket after `usize` bytes.
     Upgrade(Endpoint, usize, Vec<u8>),
-}
-
-fn push_limited(
-    sendq: &mut SendQueues,
-    outq: &mut sendq::QueueRef,
-    outq_bytes: &mut u32,
-    bytes: Bytes,
-    max: usize,
-) -> bool {
-    // A reader is over its limit when it is more than `max` behind: an empty queue always takes
-    // one message (at most `max_message_bytes`), so an echo of a large message still works.
-    if *outq_bytes > 0 && *outq_bytes as usize + bytes.len() > max {
-        return false;
-    }
-    push_unlimited(sendq, outq, outq_bytes, bytes);
-    true
 }
 
 fn push_unlimited(

@@ -110,6 +110,25 @@ impl SendQueues {
         Some(node.bytes)
     }
 
+    /// Drops everything queued except a buffer at the head that was already partly sent (its
+    /// rest must follow on the wire, or the peer sees a cut-off frame); returns the bytes
+    /// dropped.
+    pub fn clear_unstarted(&mut self, q: &mut QueueRef) -> u64 {
+        let head = match self.pop_front(q) {
+            Some(b) if b.is_started() => Some(b),
+            Some(b) => {
+                let dropped = b.len() as u64 + self.clear(q);
+                return dropped;
+            }
+            None => None,
+        };
+        let dropped = self.clear(q);
+        if let Some(b) = head {
+            self.push_front(q, b);
+        }
+        dropped
+    }
+
     /// Drops everything queued; returns the bytes dropped.
     pub fn clear(&mut self, q: &mut QueueRef) -> u64 {
         let mut dropped = 0;
@@ -166,6 +185,22 @@ mod tests {
         pool.push_back(&mut q, b("y"));
         assert_eq!(pop(&mut pool, &mut q), Some(b"x".to_vec()));
         assert_eq!(pop(&mut pool, &mut q), Some(b"y".to_vec()));
+    }
+
+    #[test]
+    fn clear_unstarted_keeps_a_half_sent_head() {
+        let mut pool = SendQueues::new();
+        let mut q = QueueRef::EMPTY;
+        let mut head = b("abcd");
+        head.advance(1);
+        pool.push_back(&mut q, head);
+        pool.push_back(&mut q, b("ef"));
+        assert_eq!(pool.clear_unstarted(&mut q), 2);
+        assert_eq!(pop(&mut pool, &mut q), Some(b"bcd".to_vec()));
+        assert!(q.is_empty());
+        pool.push_back(&mut q, b("gh"));
+        assert_eq!(pool.clear_unstarted(&mut q), 2);
+        assert!(q.is_empty() && pool.is_empty());
     }
 
     #[test]
