@@ -96,6 +96,7 @@ impl UringDriver {
             (opcode::AcceptMulti::CODE, "IORING_OP_ACCEPT"),
             (opcode::RecvMulti::CODE, "IORING_OP_RECV"),
             (opcode::SendMsg::CODE, "IORING_OP_SENDMSG"),
+            (opcode::Send::CODE, "IORING_OP_SEND"),
             (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL"),
             (opcode::MsgRingData::CODE, "IORING_OP_MSG_RING"),
         ] {
@@ -243,11 +244,19 @@ impl UringDriver {
         op.msg.msg_iov = op.iov.as_mut_ptr();
         op.msg.msg_iovlen = op.iov.len();
         let msg_ptr: *const libc::msghdr = &op.msg;
+        let single = (op.iov.len() == 1).then(|| (op.iov[0].iov_base as *const u8, op.iov[0].iov_len));
         let index = self.sends.insert(op);
-        let e = opcode::SendMsg::new(types::Fd(fd), msg_ptr)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build()
-            .user_data(user_data(KIND_SEND, 0, index as u32));
+        // One buffer (steady fan-out, replies): IORING_OP_SEND (5.6) skips copying a msghdr
+        // and an iovec array in the kernel. Several: SENDMSG gathers them into one send.
+        let e = match single {
+            Some((ptr, len)) => opcode::Send::new(types::Fd(fd), ptr, len as u32)
+                .flags(libc::MSG_NOSIGNAL)
+                .build(),
+            None => opcode::SendMsg::new(types::Fd(fd), msg_ptr)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build(),
+        }
+        .user_data(user_data(KIND_SEND, 0, index as u32));
         if let Err(err) = self.push(e) {
             // Never submitted: nothing references the buffers, drop them.
             let mut op = self.sends.remove(index);

@@ -352,7 +352,14 @@ impl State {
                     }
                     Err(_) => self.abort(index),
                 }
-                self.mark_dirty(index);
+                // In steady fan-out most completions leave nothing to do: skip the flush pass.
+                let conn = &self.conns[index as usize];
+                if !conn.outq.is_empty()
+                    || conn.has(flag::SHUTDOWN | flag::CLOSE_AFTER_FLUSH)
+                    || !conn.has(flag::RECV_ARMED)
+                {
+                    self.mark_dirty(index);
+                }
             }
         }
     }
