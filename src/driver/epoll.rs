@@ -23,7 +23,6 @@ const KIND_ACCEPT: u64 = 1;
 const KIND_CONN: u64 = 2;
 /// The shard's eventfd, written by other shards to wake it.
 const KIND_WAKE: u64 = 3;
-const GEN_MASK: u32 = 0x00ff_ffff;
 
 /// Reads per readable socket per turn before it yields to the others (bounded work per turn);
 /// a socket cut short is revisited on the next turn without waiting.
@@ -34,7 +33,7 @@ const ACCEPTS_PER_TURN: usize = 256;
 const SPARE_SENDS_MAX: usize = 64;
 
 fn event_data(kind: u64, key: ConnKey) -> u64 {
-    (kind << 56) | (u64::from(key.generation & GEN_MASK) << 32) | u64::from(key.index)
+    super::pack_tag(kind, key.generation, key.index)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -294,10 +293,8 @@ impl EpollDriver {
                 let _ = rustix::io::read(&self.wake_fd, &mut buf);
                 continue;
             }
-            let key = ConnKey {
-                index: data as u32,
-                generation: ((data >> 32) as u32) & GEN_MASK,
-            };
+            let (_, generation, index) = super::unpack_tag(data);
+            let key = ConnKey { index, generation };
             let flags = ev.flags;
             if flags.intersects(
                 epoll::EventFlags::OUT | epoll::EventFlags::ERR | epoll::EventFlags::HUP,

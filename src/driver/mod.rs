@@ -23,6 +23,20 @@ pub struct ConnKey {
     pub generation: u32,
 }
 
+/// Generations travel in 24 bits of the 64-bit tag a driver attaches to each operation.
+pub const GEN_MASK: u32 = 0x00ff_ffff;
+
+/// Packs an operation kind (8 bits), a connection generation (24 bits) and a slot index (32
+/// bits) into the 64-bit tag io_uring user data and epoll event data carry.
+pub fn pack_tag(kind: u64, generation: u32, index: u32) -> u64 {
+    (kind << 56) | (u64::from(generation & GEN_MASK) << 32) | u64::from(index)
+}
+
+/// The inverse of [`pack_tag`]: (kind, generation, index).
+pub fn unpack_tag(tag: u64) -> (u64, u32, u32) {
+    (tag >> 56, ((tag >> 32) as u32) & GEN_MASK, tag as u32)
+}
+
 /// Why a multishot receive stopped producing data.
 #[derive(Debug)]
 pub enum RecvStop {

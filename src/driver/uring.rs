@@ -29,18 +29,10 @@ const KIND_WAKE: u64 = 5;
 /// IORING_MSG_RING_CQE_SKIP (Linux 6.0): post no completion on the sending ring.
 const MSG_RING_CQE_SKIP: u32 = 1;
 
-const GEN_MASK: u32 = 0x00ff_ffff;
-
 /// Finished send ops kept for reuse (each holds two small vectors); beyond this they are freed.
 const SPARE_SENDS_MAX: usize = 64;
 
-fn user_data(kind: u64, generation: u32, index: u32) -> u64 {
-    (kind << 56) | (u64::from(generation & GEN_MASK) << 32) | u64::from(index)
-}
-
-fn split_user_data(data: u64) -> (u64, u32, u32) {
-    (data >> 56, ((data >> 32) as u32) & GEN_MASK, data as u32)
-}
+use super::{pack_tag as user_data, unpack_tag as split_user_data};
 
 /// Sizes of the driver's own structures.
 #[derive(Debug, Clone, Copy)]
@@ -244,7 +236,8 @@ impl UringDriver {
         op.msg.msg_iov = op.iov.as_mut_ptr();
         op.msg.msg_iovlen = op.iov.len();
         let msg_ptr: *const libc::msghdr = &op.msg;
-        let single = (op.iov.len() == 1).then(|| (op.iov[0].iov_base as *const u8, op.iov[0].iov_len));
+        let single =
+            (op.iov.len() == 1).then(|| (op.iov[0].iov_base as *const u8, op.iov[0].iov_len));
         let index = self.sends.insert(op);
         // One buffer (steady fan-out, replies): IORING_OP_SEND (5.6) skips copying a msghdr
         // and an iovec array in the kernel. Several: SENDMSG gathers them into one send.
@@ -427,6 +420,6 @@ mod tests {
         let d = user_data(KIND_RECV, 0x00ab_cdef, 0xdead_beef);
         assert_eq!(split_user_data(d), (KIND_RECV, 0x00ab_cdef, 0xdead_beef));
         let d = user_data(KIND_SEND, 0xffff_ffff, 7);
-        assert_eq!(split_user_data(d), (KIND_SEND, GEN_MASK, 7));
+        assert_eq!(split_user_data(d), (KIND_SEND, super::super::GEN_MASK, 7));
     }
 }
