@@ -41,6 +41,24 @@ pub fn bind_listener(addr: SocketAddr) -> io::Result<Socket> {
     Ok(socket)
 }
 
+/// SO_REUSEPORT would let a second server bind a port another process already listens on and
+/// silently split the connections with it. So first bind a plain socket (no SO_REUSEPORT): it
+/// fails with EADDRINUSE when anything listens there. Port 0 is always free.
+fn refuse_if_taken(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into()).map_err(|e| {
+        if e.kind() == io::ErrorKind::AddrInUse {
+            io::Error::new(e.kind(), "address in use: another process listens on it")
+        } else {
+            e
+        }
+    })
+}
+
 /// How many shards, and where they run.
 #[derive(Debug, Clone)]
 pub struct Placement {
@@ -110,6 +128,10 @@ impl Server {
     ) -> Result<Self, ServerError> {
         let io = resolve_io(config.io)?;
         let config = Arc::new(config);
+        refuse_if_taken(config.listen).map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
         let first = bind_listener(config.listen).map_err(|source| ServerError::Listen {
             addr: config.listen,
             source,
