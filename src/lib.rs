@@ -20,6 +20,7 @@ pub mod buf;
 pub mod config;
 #[allow(unsafe_code)]
 pub mod driver;
+pub mod http_api;
 pub mod ops;
 pub mod proto;
 pub mod server;
