@@ -22,6 +22,7 @@ pub mod config;
 pub mod driver;
 pub mod ops;
 pub mod proto;
+pub mod pusher;
 pub mod server;
 pub mod settings;
 pub mod shard;
