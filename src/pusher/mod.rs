@@ -4,3 +4,4 @@
 pub mod app;
 pub mod auth;
 pub mod channel;
+pub mod protocol;
