@@ -4,4 +4,6 @@
 pub mod app;
 pub mod auth;
 pub mod channel;
+pub mod path;
+pub mod presence;
 pub mod protocol;
