@@ -296,8 +296,8 @@ mod tests {
             (
                 r#"{"user_id":1,"user_info":"0123456789a"}"#,
                 Err(PresenceError::UserInfoTooLarge {
-                    limit: 10,
-                    seen: 12,
+                    limit: 12,
+                    seen: 13,
                 }),
             ),
         ];
