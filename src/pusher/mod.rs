@@ -7,3 +7,4 @@ pub mod channel;
 pub mod path;
 pub mod presence;
 pub mod protocol;
+pub mod session;
