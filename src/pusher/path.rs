@@ -92,10 +92,15 @@ pub fn admit(
 mod tests {
     use super::*;
 
+    /// (request target, app key and protocol or the close code)
+    type PathCase<'a> = (&'a str, Result<(&'a str, u32), ErrorCode>);
+    /// (request target, Origin header, open connections, admitted app id or the close code)
+    type AdmitCase<'a> = (&'a str, Option<&'a str>, u32, Result<&'a str, ErrorCode>);
+
     #[test]
     fn request_targets_parse_or_give_their_close_code() {
         let ok = |key, protocol| Ok((key, protocol));
-        let cases: Vec<(&str, Result<(&str, u32), ErrorCode>)> = vec![
+        let cases: Vec<PathCase> = vec![
             (
                 "/app/app-key?protocol=7&client=js&version=8.4.0&flash=false",
                 ok("app-key", 7),
@@ -154,7 +159,7 @@ mod tests {
         strict.allowed_origins = vec!["https://a.example".into()];
         strict.max_connections = 2;
         let apps = Apps::new(vec![App::default_dev(), disabled, strict]).unwrap();
-        let cases: Vec<(&str, Option<&str>, u32, Result<&str, ErrorCode>)> = vec![
+        let cases: Vec<AdmitCase> = vec![
             ("/app/app-key?protocol=7", None, 0, Ok("app-id")),
             ("/app/nope?protocol=7", None, 0, Err(ErrorCode::AppNotFound)),
             ("/app/off?protocol=7", None, 0, Err(ErrorCode::AppDisabled)),

@@ -3,8 +3,8 @@
 //!
 //! # Call contract (what the shard does)
 //!
-//! 1. After the WebSocket handshake, [`crate::pusher::path::admit`] picks the app (on `Err`,
-//!    send [`protocol::error`] and close with its code). Then [`Session::new`] and
+//! 1. After the WebSocket handshake, [`crate::pusher::path::admit`] picks the app (on
+//!    `Err(code)`, perform [`refuse`]`(code)`). Then [`Session::new`] and
 //!    [`Session::handle_open`].
 //! 2. Each complete text message goes to [`Session::handle_text`]. Binary messages are not part
 //!    of the Pusher protocol: close with 1003 at the WebSocket layer.
@@ -490,6 +490,18 @@ impl Session {
     }
 }
 
+/// What to do with a connection that [`crate::pusher::path::admit`] refused: Pusher protocol,
+/// the error event first so the client can read the reason, then the close with the same code.
+pub fn refuse(code: ErrorCode) -> [Action; 2] {
+    [
+        Action::Send(protocol::error(code)),
+        Action::Close {
+            code: code.code(),
+            reason: code.message(),
+        },
+    ]
+}
+
 /// Undoes a presence subscription in the channel's registry; returns the `member_removed`
 /// broadcast when this was the user's last socket there.
 pub fn presence_leave<S: Eq + Hash + Clone>(
@@ -637,7 +649,7 @@ mod tests {
     }
 
     #[test]
-    fn subscribe_outcomes() {
+    fn subscribe_succeeds_joins_or_names_the_broken_rule() {
         let presence_data = r#"{"user_id":7,"user_info":{"name":"a"}}"#;
         // (channel, auth, channel_data, expected: event or subscription_error type)
         let other_socket = auth::channel_auth("app-key", "app-secret", "9.9", "private-a", None);
@@ -1245,6 +1257,20 @@ mod tests {
             vec![]
         );
         assert_eq!(session.handle_timeout(u64::MAX), vec![]);
+    }
+
+    #[test]
+    fn refused_connections_get_the_error_event_then_the_close() {
+        assert_eq!(
+            refuse(ErrorCode::AppNotFound),
+            [
+                Action::Send(
+                    r#"{"event":"pusher:error","data":{"message":"Application does not exist","code":4001}}"#
+                        .into()
+                ),
+                Action::Close { code: 4001, reason: "Application does not exist" },
+            ]
+        );
     }
 
     #[test]
