@@ -24,6 +24,7 @@ pub mod driver;
 pub mod http_api;
 pub mod ops;
 pub mod proto;
+pub mod pusher;
 pub mod server;
 pub mod settings;
 pub mod shard;
