@@ -10,6 +10,7 @@
 //! - [`admin`]: the admin listener (`/stats`, `/ready`), off the public port.
 //! - [`broker`]: per-core pub/sub: topic registries and the mesh of SPSC rings between shards.
 //! - [`bench`]: the `ringcast bench` load generator (client side).
+//! - [`pusher`]: sans-IO Pusher Channels v7: apps, channels, auth, presence, the session.
 //! - [`http_api`]: sans-IO Pusher HTTP API: request signing, routes, responses, webhook bodies.
 //! - [`ops`]: operations; [`ops::doctor`] checks the host against `tuning/README.md`.
 
