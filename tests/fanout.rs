@@ -12,29 +12,25 @@
 //! The thousands of subscribers are lean raw sockets (a tokio `TcpStream` and the small frame
 //! parser below), not tungstenite streams; the WebSocket publisher is tokio-tungstenite.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::process::Stdio;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::driver::{Driver, Ringcast, admin_get, on_both_drivers, total};
+use common::within;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
 // ---------------------------------------------------------------------------------------------
-// Harness: a server started with a given driver, its admin address and its stderr
+// Harness: common::driver starts the server with a given driver; fan-out's own helpers
 // ---------------------------------------------------------------------------------------------
 
-const BIN: &str = env!("CARGO_BIN_EXE_ringcast");
-const STARTUP: Duration = Duration::from_secs(10);
-const ADMIN_PREFIX: &str = "ringcast: admin on ";
-const LISTEN_PREFIX: &str = "ringcast: listening on ";
-/// sysexits.h EX_UNAVAILABLE: `--io uring` where io_uring does not work.
-const EXIT_UNAVAILABLE: i32 = 69;
 /// The bearer token of every server that accepts HTTP publishes here.
 const TOKEN: &str = "fan-out-s3cret";
 /// Deadline of one read that expects something from the server.
@@ -45,46 +41,6 @@ const INTEREST_SETTLE: Duration = Duration::from_millis(250);
 const OP_TEXT: u8 = 0x1;
 const OP_BINARY: u8 = 0x2;
 const OP_CLOSE: u8 = 0x8;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Driver {
-    Uring,
-    Epoll,
-}
-
-impl Driver {
-    fn flag(self) -> &'static str {
-        match self {
-            Driver::Uring => "uring",
-            Driver::Epoll => "epoll",
-        }
-    }
-
-    /// The name `/stats` reports.
-    fn stats_name(self) -> &'static str {
-        match self {
-            Driver::Uring => "io_uring",
-            Driver::Epoll => "epoll",
-        }
-    }
-}
-
-/// Defines `mod $name { async fn uring(); async fn epoll(); }`, each running `$name(driver)`.
-macro_rules! on_both_drivers {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn uring() {
-                super::$name(super::Driver::Uring).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn epoll() {
-                super::$name(super::Driver::Epoll).await
-            }
-        }
-    )*};
-}
 
 on_both_drivers!(
     websocket_publisher_reaches_2000_subscribers,
@@ -100,169 +56,23 @@ on_both_drivers!(
     burst_closes_fast_readers,
 );
 
-/// Runs `test` under `limit` and panics (failing the test) if it takes longer.
-async fn within<F: std::future::Future>(limit: Duration, test: F) -> F::Output {
-    match tokio::time::timeout(limit, test).await {
-        Ok(output) => output,
-        Err(_) => panic!("test did not finish within {limit:?}"),
-    }
+/// A publishing server (`--publish-token TOKEN`) on `shards` shards whose connections may queue
+/// at most 64 KiB (`--max-outbound-bytes 65536`); None if the driver is unavailable.
+async fn start_with_64k_outbound(driver: Driver, shards: u32) -> Option<Ringcast> {
+    let shards = shards.to_string();
+    let args = [
+        "--shards",
+        shards.as_str(),
+        "--publish-token",
+        TOKEN,
+        "--max-outbound-bytes",
+        "65536",
+    ];
+    Ringcast::start(driver, &args).await
 }
 
-/// True when a skip must fail instead (CI, STYLE.md §6).
-fn skips_fail() -> bool {
-    std::env::var_os("RINGCAST_CI").is_some_and(|v| !v.is_empty())
-}
-
-/// The test process and the servers it starts get the hard open-file limit as their soft one:
-/// two thousand subscribers need four thousand descriptors on loopback, and tests run in
-/// parallel.
-fn raise_nofile() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-        let limit = getrlimit(Resource::Nofile);
-        if limit.current != limit.maximum {
-            let raised = Rlimit {
-                current: limit.maximum,
-                maximum: limit.maximum,
-            };
-            if let Err(e) = setrlimit(Resource::Nofile, raised) {
-                eprintln!("cannot raise RLIMIT_NOFILE: {e}");
-            }
-        }
-    });
-}
-
-struct Ringcast {
-    // Held for kill_on_drop.
-    _child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    driver: Driver,
-    stderr: Arc<Mutex<String>>,
-}
-
+/// Fan-out's own uses of a server.
 impl Ringcast {
-    /// Starts `ringcast serve --io DRIVER --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 ARGS`
-    /// (no `RINGCAST_*` variable inherited); None if the driver is unavailable and the test
-    /// should skip (see [`skips_fail`]).
-    async fn start(driver: Driver, args: &[&str]) -> Option<Ringcast> {
-        raise_nofile();
-        let mut command = Command::new(BIN);
-        command
-            .args(["serve", "--io", driver.flag()])
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        for (key, _) in std::env::vars_os() {
-            let name = key.to_string_lossy();
-            if name.starts_with("RINGCAST_") && name != "RINGCAST_LOG" {
-                command.env_remove(&key);
-            }
-        }
-        let mut child = command.spawn().expect("spawn ringcast");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err_lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let sink = Arc::clone(&stderr);
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = err_lines.next_line().await {
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let mut out_lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let deadline = tokio::time::Instant::now() + STARTUP;
-        let mut admin = None;
-        let addr = loop {
-            match tokio::time::timeout_at(deadline, out_lines.next_line()).await {
-                Ok(Ok(Some(line))) => {
-                    if let Some(a) = after(&line, ADMIN_PREFIX) {
-                        admin = Some(a);
-                    }
-                    if let Some(a) = after(&line, LISTEN_PREFIX) {
-                        break a;
-                    }
-                }
-                Ok(Ok(None)) | Ok(Err(_)) => {
-                    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
-                        .await
-                        .expect("ringcast closed stdout but did not exit")
-                        .expect("wait");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    let log = stderr.lock().unwrap().clone();
-                    if driver == Driver::Uring && status.code() == Some(EXIT_UNAVAILABLE) {
-                        let why = format!("--io uring exited 69 (io_uring unavailable): {log}");
-                        if skips_fail() {
-                            panic!("RINGCAST_CI is set, so this is a failure: {why}");
-                        }
-                        eprintln!("SKIPPED (uring): {why}");
-                        return None;
-                    }
-                    panic!("ringcast exited before listening ({status}); stderr:\n{log}");
-                }
-                Err(_) => panic!(
-                    "ringcast printed no listening line within {STARTUP:?}; stderr:\n{}",
-                    stderr.lock().unwrap()
-                ),
-            }
-        };
-        let admin = admin.expect("the admin line comes before the listening line");
-        assert!(addr.ip().is_loopback() && admin.ip().is_loopback());
-        tokio::spawn(async move { while let Ok(Some(_)) = out_lines.next_line().await {} });
-        Some(Ringcast {
-            _child: child,
-            addr,
-            admin,
-            driver,
-            stderr,
-        })
-    }
-
-    fn log(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// `GET /stats` on the admin listener, checked to name this server's driver.
-    async fn stats(&self) -> serde_json::Value {
-        let (status, _, body) = admin_get(self.admin, "/stats")
-            .await
-            .unwrap_or_else(|e| panic!("GET /stats: {e}; stderr:\n{}", self.log()));
-        assert_eq!(status, 200, "GET /stats: {body}");
-        let json: serde_json::Value = serde_json::from_str(&body)
-            .unwrap_or_else(|e| panic!("/stats is not JSON ({e}): {body}"));
-        assert_eq!(
-            json["driver"],
-            self.driver.stats_name(),
-            "/stats names the driver the server was started with: {json}"
-        );
-        json
-    }
-
-    /// Polls `/stats` until `done` holds; panics with the last snapshot after `limit`.
-    async fn stats_until(
-        &self,
-        what: &str,
-        limit: Duration,
-        done: impl Fn(&serde_json::Value) -> bool,
-    ) -> serde_json::Value {
-        let deadline = Instant::now() + limit;
-        loop {
-            let json = self.stats().await;
-            if done(&json) {
-                return json;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "/stats never showed {what} within {limit:?}; last: {json}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
     /// Waits until `/stats` counts exactly `n` open WebSockets, then gives the interest
     /// announcements time to cross the mesh (subscriptions are asynchronous across shards).
     async fn settle_websockets(&self, n: u64) -> serde_json::Value {
@@ -282,67 +92,6 @@ impl Ringcast {
     async fn http(&self) -> Http<TcpStream> {
         Http::connect(self.addr).await
     }
-}
-
-impl Drop for Ringcast {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = self.log();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
-            eprintln!(
-                "--- ringcast ({:?}) stderr, last 40 lines ---\n{tail}\n---",
-                self.driver
-            );
-        }
-        // kill_on_drop does the rest.
-    }
-}
-
-fn after(line: &str, prefix: &str) -> Option<SocketAddr> {
-    let rest = line.strip_prefix(prefix)?;
-    Some(
-        rest.trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}")),
-    )
-}
-
-/// One admin GET with `Connection: close`: (status, Content-Type, body).
-async fn admin_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String, String)> {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        Ok::<_, std::io::Error>(response)
-    };
-    let response = tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 5 s"))??;
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other(format!("no response head in {text:?}")))?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad response {text:?}")))?;
-    let content_type = head
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-type"))
-        .map_or(String::new(), |(_, v)| v.trim().to_string());
-    Ok((status, content_type, body.to_string()))
-}
-
-fn total(stats: &serde_json::Value, key: &str) -> u64 {
-    stats["total"][key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("/stats total has no {key}: {stats}"))
 }
 
 fn per_shard(stats: &serde_json::Value, key: &str) -> Vec<u64> {
@@ -989,19 +738,7 @@ async fn stalled_socket(addr: SocketAddr) -> TcpStream {
 
 async fn slow_consumer_is_closed_alone(driver: Driver) {
     within(Duration::from_secs(60), async {
-        let Some(server) = Ringcast::start(
-            driver,
-            &[
-                "--shards",
-                "2",
-                "--publish-token",
-                TOKEN,
-                "--max-outbound-bytes",
-                "65536",
-            ],
-        )
-        .await
-        else {
+        let Some(server) = start_with_64k_outbound(driver, 2).await else {
             return;
         };
         let topic = "fanout.slow";
@@ -1129,19 +866,7 @@ async fn slow_consumer_is_closed_alone(driver: Driver) {
 /// reading), so none may be closed as a slow consumer.
 async fn burst_closes_fast_readers(driver: Driver) {
     within(Duration::from_secs(30), async {
-        let Some(server) = Ringcast::start(
-            driver,
-            &[
-                "--shards",
-                "2",
-                "--publish-token",
-                TOKEN,
-                "--max-outbound-bytes",
-                "65536",
-            ],
-        )
-        .await
-        else {
+        let Some(server) = start_with_64k_outbound(driver, 2).await else {
             return;
         };
         let topic = "burst";
@@ -1192,19 +917,7 @@ async fn burst_closes_fast_readers(driver: Driver) {
 /// 1008 (or TCP close): never a truncated frame.
 async fn stalled_stream_stays_well_formed(driver: Driver) {
     within(Duration::from_secs(30), async {
-        let Some(server) = Ringcast::start(
-            driver,
-            &[
-                "--shards",
-                "1",
-                "--publish-token",
-                TOKEN,
-                "--max-outbound-bytes",
-                "65536",
-            ],
-        )
-        .await
-        else {
+        let Some(server) = start_with_64k_outbound(driver, 1).await else {
             return;
         };
         let topic = "stalled";

@@ -57,34 +57,12 @@ async fn two_servers_on_port_0_get_different_ports() {
 
 #[tokio::test]
 async fn sigterm_stops_the_server_with_exit_0() {
-    within(TEST_TIMEOUT, async {
-        let mut server = Server::echo(&[]).await;
-        server.signal("TERM").await;
-        let status = server.wait_exit(Duration::from_secs(10)).await;
-        assert_eq!(
-            status.code(),
-            Some(0),
-            "exit after SIGTERM: {status}\n{}",
-            server.log()
-        );
-    })
-    .await
+    an_idle_server_exits_0_on("TERM").await
 }
 
 #[tokio::test]
 async fn sigint_stops_the_server_with_exit_0() {
-    within(TEST_TIMEOUT, async {
-        let mut server = Server::echo(&[]).await;
-        server.signal("INT").await;
-        let status = server.wait_exit(Duration::from_secs(10)).await;
-        assert_eq!(
-            status.code(),
-            Some(0),
-            "exit after SIGINT: {status}\n{}",
-            server.log()
-        );
-    })
-    .await
+    an_idle_server_exits_0_on("INT").await
 }
 
 #[tokio::test]
@@ -102,16 +80,30 @@ async fn sigterm_with_open_connections_still_exits_0() {
             c.send(b"GET /echo HTTP/1.1\r\nHo").await;
             c
         };
-        server.signal("TERM").await;
         // The contract sets no drain time; 20 s leaves room for a 10 s drain of the
         // connections above (the WebSocket client never answers a close).
-        let status = server.wait_exit(Duration::from_secs(20)).await;
-        assert_eq!(
-            status.code(),
-            Some(0),
-            "exit after SIGTERM: {status}\n{}",
-            server.log()
-        );
+        signal_exits_0(&mut server, "TERM", Duration::from_secs(20)).await;
     })
     .await
+}
+
+/// Starts an echo server with no connection, sends it SIG`signal` and expects exit 0 within 10 s.
+async fn an_idle_server_exits_0_on(signal: &str) {
+    within(TEST_TIMEOUT, async {
+        let mut server = Server::echo(&[]).await;
+        signal_exits_0(&mut server, signal, Duration::from_secs(10)).await;
+    })
+    .await
+}
+
+/// Sends SIG`signal` to `server` and asserts it exits 0 within `limit`.
+async fn signal_exits_0(server: &mut Server, signal: &str, limit: Duration) {
+    server.signal(signal).await;
+    let status = server.wait_exit(limit).await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit after SIG{signal}: {status}\n{}",
+        server.log()
+    );
 }

@@ -10,26 +10,21 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::within;
+use common::driver::{BIN, Driver, EXIT_UNAVAILABLE, Ringcast, remove_ringcast_env};
+use common::{Listener, within};
 use futures_util::{SinkExt, StreamExt};
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::process::Command;
 use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Message;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ringcast");
 /// Set (to the server's arguments, one per line) when this binary runs as the trampoline.
 const TRAMPOLINE_ARGS: &str = "RINGCAST_SECCOMP_TEST_EXEC_ARGS";
 const TRAMPOLINE_TEST: &str = "seccomp_exec_trampoline";
-const EXIT_UNAVAILABLE: i32 = 69;
 
 /// Not a test of its own: when [`TRAMPOLINE_ARGS`] is set, installs the filter and execs
 /// `ringcast` with those arguments (never returning); otherwise it does nothing.
@@ -74,11 +69,7 @@ fn filtered_command(args: &[&str]) -> Command {
         "1",
         "-q",
     ]);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("RINGCAST_") {
-            command.env_remove(key);
-        }
-    }
+    remove_ringcast_env(&mut command, None);
     command
         .env(TRAMPOLINE_ARGS, args.join("\n"))
         .env("RINGCAST_LOG", "info")
@@ -89,46 +80,10 @@ fn filtered_command(args: &[&str]) -> Command {
     command
 }
 
-fn after(line: &str, prefix: &str) -> Option<SocketAddr> {
-    let at = line.find(prefix)?;
-    Some(
-        line[at + prefix.len()..]
-            .trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}")),
-    )
-}
-
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        Ok::<_, std::io::Error>(response)
-    };
-    let response = tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .unwrap_or_else(|_| panic!("GET {path}: no answer in 5 s"))
-        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("GET {path}: bad response {text:?}"));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_string());
-    (status, body)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_falls_back_to_epoll_when_seccomp_denies_io_uring() {
     within(Duration::from_secs(30), async {
-        let mut command = filtered_command(&[
+        let command = filtered_command(&[
             "serve",
             "--io",
             "auto",
@@ -138,46 +93,14 @@ async fn auto_falls_back_to_epoll_when_seccomp_denies_io_uring() {
             "--admin-listen",
             "127.0.0.1:0",
         ]);
-        let mut child = command.spawn().expect("spawn the trampoline");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err_lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let sink = Arc::clone(&stderr);
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = err_lines.next_line().await {
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let mut out_lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let mut admin = None;
-        let addr = loop {
-            match tokio::time::timeout(Duration::from_secs(10), out_lines.next_line()).await {
-                Ok(Ok(Some(line))) => {
-                    if let Some(a) = after(&line, "ringcast: admin on ") {
-                        admin = Some(a);
-                    }
-                    if let Some(a) = after(&line, "ringcast: listening on ") {
-                        break a;
-                    }
-                }
-                other => {
-                    let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    panic!(
-                        "--io auto under seccomp printed no listening line ({other:?}, exit \
-                         {status:?}); stderr:\n{}",
-                        stderr.lock().unwrap()
-                    );
-                }
-            }
-        };
-        let admin = admin.expect("the admin line comes before the listening line");
-        tokio::spawn(async move { while let Ok(Some(_)) = out_lines.next_line().await {} });
+        // Auto must end up on epoll: Ringcast::stats checks that /stats says so.
+        let mut server = Ringcast::launch(Driver::Epoll, command)
+            .await
+            .expect("--io auto under seccomp printed no listening line");
 
         // One warning, saying it runs on epoll and why.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let log = stderr.lock().unwrap().clone();
+        let log = server.log();
         let warnings: Vec<&str> = log
             .lines()
             .filter(|l| l.contains("running on epoll"))
@@ -195,26 +118,18 @@ async fn auto_falls_back_to_epoll_when_seccomp_denies_io_uring() {
             "the warning does not say EPERM or seccomp: {warning}"
         );
 
-        let (status, body) = http_get(admin, "/stats").await;
-        assert_eq!(status, 200, "{body}");
-        let stats: serde_json::Value = serde_json::from_str(&body).expect("/stats JSON");
+        let stats = server.stats().await;
         assert_eq!(stats["driver"], "epoll", "{stats}");
 
-        let (mut ws, _) = connect_async(format!("ws://{addr}/echo"))
+        let (mut ws, _) = connect_async(server.echo_url())
             .await
             .expect("WebSocket to the filtered server");
         ws.send(Message::text("through epoll")).await.expect("send");
         match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => assert_eq!(t.as_str(), "through epoll"),
-            other => panic!(
-                "echo under seccomp: {other:?}; stderr:\n{}",
-                stderr.lock().unwrap()
-            ),
+            other => panic!("echo under seccomp: {other:?}; stderr:\n{}", server.log()),
         }
-        assert!(
-            child.try_wait().expect("try_wait").is_none(),
-            "the server exited"
-        );
+        server.assert_running();
     })
     .await
 }

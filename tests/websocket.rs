@@ -180,43 +180,37 @@ async fn upgrade_and_first_frame_in_one_write_are_both_processed() {
 
 #[tokio::test]
 async fn echo_returns_text_as_text_at_every_length_encoding_boundary() {
-    within(Duration::from_secs(60), async {
-        let server = Server::echo(&[]).await;
-        let mut ws = client(&server).await;
-        for size in ECHO_SIZES {
-            let text = ascii_text(size);
-            ws.send(Message::text(text.clone())).await.expect("send");
-            match next_data(&mut ws).await {
-                Message::Text(got) => {
-                    assert_eq!(got.len(), size, "echoed text length for {size} bytes");
-                    assert!(got.as_str() == text, "echoed text differs for {size} bytes");
-                }
-                other => panic!("{size}-byte text came back as {}", kind(&other)),
-            }
-        }
-        ws.close(None).await.expect("close");
-    })
-    .await
+    echo_at_every_length_encoding_boundary("text", |size| Message::text(ascii_text(size))).await
 }
 
 #[tokio::test]
 async fn echo_returns_binary_as_binary_at_every_length_encoding_boundary() {
+    echo_at_every_length_encoding_boundary("binary", |size| Message::binary(pattern_bytes(size)))
+        .await
+}
+
+/// Sends `message(size)` (a text or binary message) for every size in [`ECHO_SIZES`] and
+/// expects each echoed as the same kind, length and content.
+async fn echo_at_every_length_encoding_boundary(what: &str, message: impl Fn(usize) -> Message) {
     within(Duration::from_secs(60), async {
         let server = Server::echo(&[]).await;
         let mut ws = client(&server).await;
         for size in ECHO_SIZES {
-            let data = pattern_bytes(size);
-            ws.send(Message::binary(data.clone())).await.expect("send");
-            match next_data(&mut ws).await {
-                Message::Binary(got) => {
-                    assert_eq!(got.len(), size, "echoed binary length for {size} bytes");
-                    assert!(
-                        got[..] == data[..],
-                        "echoed binary differs for {size} bytes"
-                    );
-                }
-                other => panic!("{size}-byte binary came back as {}", kind(&other)),
+            let sent = message(size);
+            ws.send(sent.clone()).await.expect("send");
+            let got = next_data(&mut ws).await;
+            let same_kind = matches!(
+                (&sent, &got),
+                (Message::Text(_), Message::Text(_)) | (Message::Binary(_), Message::Binary(_))
+            );
+            if !same_kind {
+                panic!("{size}-byte {what} came back as {}", kind(&got));
             }
+            assert_eq!(got.len(), size, "echoed {what} length for {size} bytes");
+            assert!(
+                got.into_data()[..] == sent.into_data()[..],
+                "echoed {what} differs for {size} bytes"
+            );
         }
         ws.close(None).await.expect("close");
     })

@@ -16,6 +16,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
+pub mod driver;
+
 /// Time the server gets to print its listening line.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Overall deadline of an ordinary test.
@@ -106,18 +108,19 @@ pub fn io_modes() -> Vec<IoMode> {
     modes
 }
 
-/// True under CI (`RINGCAST_CI=1`), where a skip must fail instead (STYLE.md §6).
+/// True under CI (`RINGCAST_CI` set to anything non-empty), where a skip must fail instead
+/// (STYLE.md §6). The one rule for every test file.
 pub fn skips_fail() -> bool {
-    std::env::var("RINGCAST_CI").is_ok_and(|v| v == "1")
+    std::env::var_os("RINGCAST_CI").is_some_and(|v| !v.is_empty())
 }
 
 /// Starts a server in `io` mode, or returns None after printing why the mode is skipped (the
-/// server exited before listening, e.g. the kernel lacks io_uring). Under `RINGCAST_CI=1` a
-/// skip panics instead.
+/// server exited before listening, e.g. the kernel lacks io_uring). When `RINGCAST_CI` is set
+/// (see [`skips_fail`]) a skip panics instead.
 pub async fn start_or_skip(io: IoMode, extra_args: &[&str]) -> Option<Server> {
     match Server::try_start(io, extra_args).await {
         Ok(server) => Some(server),
-        Err(why) if skips_fail() => panic!("RINGCAST_CI=1 and {io:?} cannot start: {why}"),
+        Err(why) if skips_fail() => panic!("RINGCAST_CI is set and {io:?} cannot start: {why}"),
         Err(why) => {
             eprintln!("SKIPPED {io:?}: {why}");
             None
@@ -169,25 +172,10 @@ impl Server {
             .kill_on_drop(true);
         // The server also reads its settings from RINGCAST_* variables; a test must see only
         // the flags it passes (RINGCAST_LOG, the log filter, may stay).
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy();
-            if key.starts_with("RINGCAST_") && key != "RINGCAST_LOG" {
-                command.env_remove(key.as_ref());
-            }
-        }
+        driver::remove_ringcast_env(&mut command, Some("RINGCAST_LOG"));
         let mut child = command.spawn().expect("spawn ringcast");
 
-        // Keep the server's log so a failing test can show it; never let the pipe fill up.
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err_lines = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
-        let sink = Arc::clone(&stderr);
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = err_lines.next_line().await {
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
+        let stderr = capture_stderr(&mut child);
 
         // The contract is exactly one stdout line; any other line before it is recorded (see
         // `stdout_lines`, checked by tests/lifecycle.rs) but does not fail every other test.
@@ -238,25 +226,6 @@ impl Server {
         self.stdout.lock().unwrap().clone()
     }
 
-    /// `ws://ADDR/echo`.
-    pub fn echo_url(&self) -> String {
-        format!("ws://{}/echo", self.addr)
-    }
-
-    /// A new raw TCP connection to the server.
-    pub async fn raw(&self) -> RawConn {
-        RawConn::connect(self.addr).await
-    }
-
-    /// A raw connection that has completed the `/echo` upgrade (101 checked).
-    pub async fn upgraded(&self) -> RawConn {
-        let mut conn = self.raw().await;
-        conn.send(UPGRADE_REQUEST.as_bytes()).await;
-        let response = conn.read_response_head().await;
-        assert_eq!(response.status, 101, "upgrade refused: {response:?}");
-        conn
-    }
-
     /// The server's stderr so far.
     pub fn log(&self) -> String {
         self.stderr.lock().unwrap().clone()
@@ -291,25 +260,79 @@ impl Server {
 
     /// Waits for the process to exit, at most `limit`.
     pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        match tokio::time::timeout(limit, self.child.wait()).await {
-            Ok(status) => status.expect("wait for ringcast"),
-            Err(_) => panic!(
-                "ringcast did not exit within {limit:?}; stderr:\n{}",
-                self.log()
-            ),
+        exit_within(&mut self.child, limit, &self.stderr).await
+    }
+}
+
+/// Keeps a server's stderr (so a failing test can show it) in the returned string, never
+/// letting the pipe fill up.
+pub fn capture_stderr(child: &mut Child) -> Arc<Mutex<String>> {
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let mut err_lines = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+    let sink = Arc::clone(&stderr);
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = err_lines.next_line().await {
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
         }
+    });
+    stderr
+}
+
+/// Waits for `child` to exit, at most `limit`; panics with its stderr if it does not.
+pub async fn exit_within(child: &mut Child, limit: Duration, stderr: &Mutex<String>) -> ExitStatus {
+    match tokio::time::timeout(limit, child.wait()).await {
+        Ok(status) => status.expect("wait for ringcast"),
+        Err(_) => panic!(
+            "ringcast did not exit within {limit:?}; stderr:\n{}",
+            stderr.lock().unwrap()
+        ),
+    }
+}
+
+/// The last 40 lines of a server's log, for a failing test's output.
+pub fn log_tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// A started server's WebSocket listener, as both [`Server`] and [`driver::Ringcast`] offer it.
+#[allow(async_fn_in_trait)]
+pub trait Listener {
+    /// The address the server printed on its listening line.
+    fn listen_addr(&self) -> SocketAddr;
+
+    /// `ws://ADDR/echo`.
+    fn echo_url(&self) -> String {
+        format!("ws://{}/echo", self.listen_addr())
+    }
+
+    /// A new raw TCP connection to the server.
+    async fn raw(&self) -> RawConn {
+        RawConn::connect(self.listen_addr()).await
+    }
+
+    /// A raw connection that has completed the `/echo` upgrade (101 checked).
+    async fn upgraded(&self) -> RawConn {
+        let mut conn = self.raw().await;
+        conn.send(UPGRADE_REQUEST.as_bytes()).await;
+        let response = conn.read_response_head().await;
+        assert_eq!(response.status, 101, "upgrade refused: {response:?}");
+        conn
+    }
+}
+
+impl Listener for Server {
+    fn listen_addr(&self) -> SocketAddr {
+        self.addr
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let log = self.log();
-            let tail: String = {
-                let lines: Vec<&str> = log.lines().collect();
-                let start = lines.len().saturating_sub(40);
-                lines[start..].join("\n")
-            };
+            let tail = log_tail(&self.log());
             eprintln!("--- ringcast stderr (last 40 lines) ---\n{tail}\n---");
         }
         // kill_on_drop does the rest.
