@@ -16,6 +16,7 @@ use slab::Slab;
 
 use super::BenchError;
 use super::client::{ClientConn, ConnEvent, ConnState, FailReason, Readiness, SplitMix64};
+use super::pool::wait_for_events;
 use super::stats::Percentiles;
 use super::url::WsUrl;
 
@@ -733,20 +734,7 @@ impl<'a> Worker<'a> {
 
     /// Waits up to `timeout` for readiness and handles what arrived.
     fn service(&mut self, timeout: Duration) {
-        let timespec = rustix::event::Timespec {
-            tv_sec: timeout.as_secs() as _,
-            tv_nsec: timeout.subsec_nanos() as _,
-        };
-        self.events.clear();
-        match epoll::wait(
-            &self.epoll,
-            rustix::buffer::spare_capacity(&mut self.events),
-            Some(&timespec),
-        ) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            // EBADF/EINVAL would be a bug in this file; nothing can be recovered from it.
-            Err(e) => panic!("epoll_wait failed: {e}"),
-        }
+        wait_for_events(&self.epoll, &mut self.events, timeout);
         let now = Instant::now();
         let events = std::mem::take(&mut self.events);
         for event in &events {

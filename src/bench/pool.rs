@@ -314,20 +314,7 @@ impl<T> Pool<T> {
     }
 
     fn wait(&mut self, timeout: Duration) {
-        let timespec = rustix::event::Timespec {
-            tv_sec: timeout.as_secs() as _,
-            tv_nsec: timeout.subsec_nanos() as _,
-        };
-        self.events.clear();
-        match epoll::wait(
-            &self.epoll,
-            rustix::buffer::spare_capacity(&mut self.events),
-            Some(&timespec),
-        ) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => {}
-            // EBADF/EINVAL would be a bug in this file; nothing can be recovered from it.
-            Err(e) => panic!("epoll_wait failed: {e}"),
-        }
+        wait_for_events(&self.epoll, &mut self.events, timeout);
         self.ready.clear();
         for event in &self.events {
             let flags = event.flags;
@@ -374,5 +361,27 @@ pub fn wait_until(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
             return false;
         }
         std::thread::sleep(Duration::from_millis(1).min(deadline - now));
+    }
+}
+
+/// Waits up to `timeout` for epoll events into `events` (cleared first); EINTR is no event.
+pub(crate) fn wait_for_events(
+    epoll: &std::os::fd::OwnedFd,
+    events: &mut Vec<epoll::Event>,
+    timeout: Duration,
+) {
+    let timespec = rustix::event::Timespec {
+        tv_sec: timeout.as_secs() as _,
+        tv_nsec: timeout.subsec_nanos() as _,
+    };
+    events.clear();
+    match epoll::wait(
+        epoll,
+        rustix::buffer::spare_capacity(events),
+        Some(&timespec),
+    ) {
+        Ok(_) | Err(rustix::io::Errno::INTR) => {}
+        // EBADF/EINVAL would be a bug in the bench; nothing can be recovered from it.
+        Err(e) => panic!("epoll_wait failed: {e}"),
     }
 }
