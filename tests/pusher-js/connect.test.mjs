@@ -1,0 +1,108 @@
+// pusher-js connects to /app/{key}, subscribes to public, private and presence channels, and is
+// refused with the protocol's close codes.
+
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+
+import {
+    QUIET_MS,
+    client,
+    connected,
+    connectedClient,
+    errorCode,
+    isEvent,
+    sdk,
+    sleep,
+    serverForSuite,
+    subscribe,
+} from './harness.mjs';
+
+describe('connect and subscribe', () => {
+    const suite = serverForSuite();
+
+    it('connects and gets a socket_id of the form digits.digits', async () => {
+        const c = await connectedClient(suite.server);
+        assert.match(c.socketId(), /^\d+\.\d+$/);
+        assert.equal(c.pusher.connection.state, 'connected');
+    });
+
+    it('gives distinct socket_ids to connections spread over both shards', async () => {
+        const clients = await Promise.all(Array.from({ length: 8 }, () => connectedClient(suite.server)));
+        const ids = clients.map((c) => c.socketId());
+        assert.equal(new Set(ids).size, ids.length, `duplicate socket_ids: ${ids}`);
+    });
+
+    it('answers pusher:ping with pusher:pong', async () => {
+        const c = await connectedClient(suite.server);
+        c.pusher.send_event('pusher:ping', {});
+        await c.inbox.waitFor(isEvent('pusher:pong'), 'pusher:pong');
+    });
+
+    it('refuses an unknown app key with 4001 and pusher-js does not retry', async () => {
+        const c = client(suite.server, { key: 'no-such-key', label: 'unknown key' });
+        const error = await c.errors.waitFor((e) => errorCode(e) === 4001, 'an error with code 4001');
+        assert.equal(errorCode(error), 4001);
+        await c.states.waitFor((s) => s === 'disconnected' || s === 'failed', 'disconnected');
+        await sleep(QUIET_MS);
+        assert.ok(
+            ['disconnected', 'failed'].includes(c.pusher.connection.state),
+            `pusher-js must not reconnect after 4001; states: ${c.states.items}`,
+        );
+        assert.equal(c.states.matching((s) => s === 'connected').length, 0);
+    });
+
+    it('subscribes to a public channel and receives its events', async () => {
+        const c = await connectedClient(suite.server);
+        const channel = await subscribe(c, 'news');
+        assert.equal(channel.subscribed, true);
+        const got = new Promise((resolve) => channel.bind('headline', resolve));
+        await sdk(suite.server).trigger('news', 'headline', { title: 'hello' });
+        assert.deepEqual(await got, { title: 'hello' });
+    });
+
+    it('subscribes to a private channel with a valid signature', async () => {
+        const c = await connectedClient(suite.server);
+        const channel = await subscribe(c, 'private-inbox');
+        assert.equal(channel.subscribed, true);
+    });
+
+    it('refuses a private channel signed with the wrong secret: subscription_error, still connected', async () => {
+        const wrong = sdk(suite.server, { secret: 'not-the-secret' });
+        const c = await connectedClient(suite.server, { signer: wrong, label: 'bad signer' });
+        await assert.rejects(subscribe(c, 'private-secret'), /subscription_error on private-secret/);
+        await sleep(QUIET_MS);
+        assert.equal(c.pusher.connection.state, 'connected', 'a failed subscription must not close');
+        // and the connection still works
+        await subscribe(c, 'still-works');
+    });
+
+    it('subscribes to a presence channel and sees itself as the only member', async () => {
+        const c = await connectedClient(suite.server, { presence: { user_id: 'solo', user_info: { name: 'Solo' } } });
+        const channel = await subscribe(c, 'presence-lobby');
+        assert.equal(channel.members.count, 1);
+        assert.equal(channel.members.me.id, 'solo');
+        assert.deepEqual(channel.members.me.info, { name: 'Solo' });
+        const succeeded = c.inbox.matching(isEvent('pusher_internal:subscription_succeeded', 'presence-lobby'));
+        assert.equal(succeeded.length, 1);
+        const presence = succeeded[0].data.presence;
+        assert.deepEqual(presence.ids, ['solo']);
+        assert.equal(presence.count, 1);
+        assert.deepEqual(presence.hash, { solo: { name: 'Solo' } });
+    });
+
+    it('stops delivering a channel after unsubscribe', async () => {
+        const c = await connectedClient(suite.server);
+        await subscribe(c, 'leaving-soon');
+        c.pusher.unsubscribe('leaving-soon');
+        await sleep(200);
+        await sdk(suite.server).trigger('leaving-soon', 'late', { n: 1 });
+        await c.inbox.assertCountAfterQuiet(isEvent('late'), 0, '"late" after unsubscribe');
+    });
+
+    it('stays connected while idle for a moment (no spurious close)', async () => {
+        const c = await connectedClient(suite.server);
+        await sleep(QUIET_MS);
+        assert.equal(await connected(c), c.socketId());
+        assert.equal(c.errors.items.length, 0, `errors: ${JSON.stringify(c.errors.items)}`);
+    });
+});
