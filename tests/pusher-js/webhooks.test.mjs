@@ -50,6 +50,8 @@ describe('webhooks', () => {
         for (const r of receiver.requests.items) {
             assert.equal(r.method, 'POST');
             assert.equal(r.headers['x-pusher-key'], APP.key);
+            // the SDK's webhook(req) accepts exactly this content type and nothing else
+            assert.equal(r.headers['content-type'], 'application/json');
             assert.match(r.headers['x-pusher-signature'] ?? '', /^[0-9a-f]{64}$/);
             assert.equal(r.valid, true, `webhook signature does not verify: ${JSON.stringify(r)}`);
             const body = JSON.parse(r.body);
