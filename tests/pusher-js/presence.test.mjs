@@ -155,7 +155,7 @@ describe('client events on an app that disables them', () => {
         const [sent] = await Promise.all([subscribe(sender, 'private-quiet'), subscribe(receiver, 'private-quiet')]);
         sent.trigger('client-psst', {});
         await receiver.inbox.assertCountAfterQuiet(isEvent('client-psst'), 0, 'client-psst on an app without client events');
-        await signer.trigger('private-quiet', 'suite.server-said', {});
-        await receiver.inbox.waitFor(isEvent('suite.server-said'), 'suite.server-said (suite.server events still flow)');
+        await signer.trigger('private-quiet', 'server-said', {});
+        await receiver.inbox.waitFor(isEvent('server-said'), 'server-said (server events still flow)');
     });
 });

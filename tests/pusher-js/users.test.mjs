@@ -35,16 +35,18 @@ describe('user sign-in', () => {
         assert.equal(c.pusher.user.user_data.id, 'alice');
     });
 
-    it('accepts the subscription pusher-js makes to #suite.server-to-user-{id} after sign-in', async () => {
+    it('accepts the subscription pusher-js makes to #server-to-user-{id} after sign-in', async () => {
         const c = await signedIn(suite.server, 'dave');
-        const channel = '#suite.server-to-user-dave';
+        const channel = '#server-to-user-dave';
         await c.inbox.waitFor(
             (m) => m.channel === channel && /subscription_(succeeded|error)$/.test(m.event),
             `an answer to the subscription to ${channel}`,
         );
+        const answers = c.inbox.matching((m) => m.channel === channel);
         assert.deepEqual(
-            c.inbox.matching((m) => m.channel === channel).map((m) => m.event),
+            answers.map((m) => m.event),
             ['pusher_internal:subscription_succeeded'],
+            `pusher-js subscribes to ${channel} after signin_success; the server answered ${JSON.stringify(answers)}`,
         );
         assert.equal(c.pusher.user.serverToUserChannel?.subscribed, true);
     });
@@ -60,7 +62,7 @@ describe('user sign-in', () => {
             { text: 'hi bob' },
         ]);
         const note = first.inbox.matching(isEvent('note'))[0];
-        assert.equal(note.channel, '#suite.server-to-user-bob');
+        assert.equal(note.channel, '#server-to-user-bob');
         await other.inbox.assertCountAfterQuiet(isEvent('note'), 0, "bob's note on carol's socket");
     });
 
