@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import {
+    APP,
     QUIET_MS,
     client,
     connected,
@@ -15,10 +16,13 @@ import {
     sleep,
     serverForSuite,
     subscribe,
+    within,
 } from './harness.mjs';
 
 describe('connect and subscribe', () => {
-    const suite = serverForSuite();
+    const suite = serverForSuite({
+        apps: [APP, { id: 'off-id', key: 'off-key', secret: 'off-secret', enabled: false }],
+    });
 
     it('connects and gets a socket_id of the form digits.digits', async () => {
         const c = await connectedClient(suite.server);
@@ -51,6 +55,13 @@ describe('connect and subscribe', () => {
         assert.equal(c.states.matching((s) => s === 'connected').length, 0);
     });
 
+    it('refuses a disabled app with 4003', async () => {
+        const c = client(suite.server, { key: 'off-key', label: 'disabled app' });
+        await c.errors.waitFor((e) => errorCode(e) === 4003, 'an error with code 4003');
+        await sleep(QUIET_MS);
+        assert.equal(c.states.matching((s) => s === 'connected').length, 0);
+    });
+
     it('subscribes to a public channel and receives its events', async () => {
         const c = await connectedClient(suite.server);
         const channel = await subscribe(c, 'news');
@@ -74,6 +85,17 @@ describe('connect and subscribe', () => {
         assert.equal(c.pusher.connection.state, 'connected', 'a failed subscription must not close');
         // and the connection still works
         await subscribe(c, 'still-works');
+    });
+
+    it('passes private-encrypted payloads through: pusher-js decrypts what the SDK encrypted', async () => {
+        const encrypting = sdk(suite.server, { encryptionMasterKeyBase64: Buffer.alloc(32, 7).toString('base64') });
+        const c = await connectedClient(suite.server, { signer: encrypting });
+        const channel = await subscribe(c, 'private-encrypted-vault');
+        const got = new Promise((resolve) => channel.bind('secret', resolve));
+        await encrypting.trigger('private-encrypted-vault', 'secret', { pin: 1234 });
+        assert.deepEqual(await within(got, 'the decrypted secret'), { pin: 1234 });
+        const raw = c.inbox.matching(isEvent('secret'))[0];
+        assert.ok(raw.data.ciphertext && raw.data.nonce, `the server sent it encrypted: ${JSON.stringify(raw)}`);
     });
 
     it('subscribes to a presence channel and sees itself as the only member', async () => {

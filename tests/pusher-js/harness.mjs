@@ -277,9 +277,12 @@ export function request(server, method, pathAndQuery, body, headers = {}) {
 // The pusher server SDK
 // ---------------------------------------------------------------------------------------------
 
-/** A `pusher` SDK client for `server` (the development app's credentials unless overridden). */
-export function sdk(server, { appId = APP.id, key = APP.key, secret = APP.secret } = {}) {
-    return new PusherSdk({ appId, key, secret, host: server.host, port: String(server.port), useTLS: false });
+/**
+ * A `pusher` SDK client for `server` (the development app's credentials unless overridden;
+ * other SDK options, e.g. `encryptionMasterKeyBase64`, pass through).
+ */
+export function sdk(server, { appId = APP.id, key = APP.key, secret = APP.secret, ...more } = {}) {
+    return new PusherSdk({ appId, key, secret, host: server.host, port: String(server.port), useTLS: false, ...more });
 }
 
 /** The parsed JSON body of a signed `GET` through the SDK (`path` below `/apps/{id}`). */
