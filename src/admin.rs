@@ -142,7 +142,108 @@ pub fn metrics_text(shared: &Shared) -> String {
     let _ = writeln!(out, "# HELP ringcast_shards Shards (threads) serving.");
     let _ = writeln!(out, "# TYPE ringcast_shards gauge");
     let _ = writeln!(out, "ringcast_shards {}", shared.counters.len());
+    if let Some(hub) = shared.hub_counters.get() {
+        let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+        for (name, gauge, help, value) in [
+            (
+                "hub_messages_in_total",
+                false,
+                "Messages shards sent to the hub.",
+                load(&hub.messages_in),
+            ),
+            (
+                "hub_messages_out_total",
+                false,
+                "Messages the hub sent to shards.",
+                load(&hub.messages_out),
+            ),
+            (
+                "hub_dropped_total",
+                false,
+                "Control messages dropped because a shard-hub ring and its backlog were full.",
+                load(&hub.dropped),
+            ),
+            (
+                "pusher_occupied_channels",
+                true,
+                "Pusher channels with at least one subscriber on some shard.",
+                load(&hub.occupied_channels),
+            ),
+            (
+                "pusher_cache_entries",
+                true,
+                "Cache channels holding a last event.",
+                load(&hub.cache_entries),
+            ),
+            (
+                "pusher_cache_refused_total",
+                false,
+                "Cache channel events not kept because the cache was full.",
+                load(&hub.cache_refused),
+            ),
+        ] {
+            scalar(&mut out, name, gauge, help, value);
+        }
+    }
+    if let Some(hooks) = shared.webhook_counters.get() {
+        let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+        for (name, gauge, help, value) in [
+            (
+                "webhook_events_queued_total",
+                false,
+                "Webhook events accepted into the queue.",
+                load(&hooks.queued),
+            ),
+            (
+                "webhook_batches_sent_total",
+                false,
+                "Webhook batches answered with a 2xx.",
+                load(&hooks.sent_batches),
+            ),
+            (
+                "webhook_events_sent_total",
+                false,
+                "Webhook event deliveries in those batches.",
+                load(&hooks.sent_events),
+            ),
+            (
+                "webhook_retries_total",
+                false,
+                "Webhook attempts after the first of a batch.",
+                load(&hooks.retries),
+            ),
+            (
+                "webhook_events_failed_total",
+                false,
+                "Webhook deliveries given up after the retry window.",
+                load(&hooks.failed_events),
+            ),
+            (
+                "webhook_events_dropped_total",
+                false,
+                "Webhook events dropped by a full queue or pending set, or at shutdown.",
+                load(&hooks.dropped_events),
+            ),
+            (
+                "webhook_events_pending",
+                true,
+                "Webhook deliveries queued or waiting for an attempt.",
+                load(&hooks.pending_events),
+            ),
+        ] {
+            scalar(&mut out, name, gauge, help, value);
+        }
+    }
     out
+}
+
+/// One unlabelled metric in Prometheus text format.
+fn scalar(out: &mut String, name: &str, gauge: bool, help: &str, value: u64) {
+    use std::fmt::Write as _;
+    let kind = if gauge { "gauge" } else { "counter" };
+    let _ = writeln!(out, "# HELP ringcast_{name} {help}");
+    let _ = writeln!(out, "# TYPE ringcast_{name} {kind}");
+    let _ = writeln!(out, "ringcast_{name} {value}");
 }
 
 /// `{"draining":false,"driver":"io_uring","shards":[{"shard":0,"connections":..},..],"total":{..}}`

@@ -76,6 +76,12 @@ pub struct Limits {
     pub mesh_ring_capacity: u32,
     /// Messages taken from the mesh rings per loop turn. Default 4096; the rest wait a turn.
     pub mesh_messages_per_turn_max: u32,
+    /// Messages each ring between a shard and the hub holds (both directions). Default 8192;
+    /// full: messages wait in a backlog.
+    pub hub_ring_capacity: u32,
+    /// Messages a ring's backlog holds. Default 65,536. Full: the message is dropped, counted
+    /// (`hub_dropped`) and logged.
+    pub hub_backlog_max: u32,
     /// Deliveries (frames queued to subscribers) per loop turn. Default 65,536: a larger
     /// fan-out continues on the next turn, so one hot topic cannot starve the shard.
     pub fanout_deliveries_per_turn_max: u32,
@@ -110,6 +116,8 @@ impl Default for Limits {
             completions_per_turn_max: 4096,
             mesh_ring_capacity: 8192,
             mesh_messages_per_turn_max: 4096,
+            hub_ring_capacity: 8192,
+            hub_backlog_max: 65_536,
             fanout_deliveries_per_turn_max: 65_536,
         }
     }
@@ -201,6 +209,9 @@ impl Limits {
         if self.mesh_ring_capacity < 16 {
             return err("mesh_ring_capacity", "must be at least 16");
         }
+        if self.hub_ring_capacity < 16 {
+            return err("hub_ring_capacity", "must be at least 16");
+        }
         if self.mesh_messages_per_turn_max == 0 {
             return err("mesh_messages_per_turn_max", "must be at least 1");
         }
@@ -268,6 +279,8 @@ pub struct ServerConfig {
     pub allow_client_publish: bool,
     /// Bearer token `POST /topics/{name}` requires. None: publishing over HTTP is refused (403).
     pub publish_token: Option<String>,
+    /// Pusher apps served at `/app/{key}` and `/apps/{id}/...`.
+    pub apps: std::sync::Arc<crate::pusher::app::Apps>,
     pub limits: Limits,
 }
 

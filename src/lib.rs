@@ -23,9 +23,11 @@ pub mod config;
 #[allow(unsafe_code)]
 pub mod driver;
 pub mod http_api;
+pub mod hub;
 pub mod ops;
 pub mod proto;
 pub mod pusher;
 pub mod server;
 pub mod settings;
 pub mod shard;
+pub mod webhook;

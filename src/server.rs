@@ -10,7 +10,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::ServerConfig;
 use crate::driver::{Driver, DriverConfig, IoMode};
-use crate::shard::{Shard, Shared};
+use crate::shard::{Links, Shard, Shared};
+use crate::webhook::{WebhookLimits, Webhooks};
 
 /// Listen backlog; the kernel caps it at net.core.somaxconn.
 const LISTEN_BACKLOG: i32 = 4096;
@@ -116,7 +117,18 @@ pub struct Server {
     pub driver_name: &'static str,
     pub shared: Arc<Shared>,
     threads: Vec<std::thread::JoinHandle<io::Result<()>>>,
+    /// The hub thread, its stop flag, and the webhook sender it feeds.
+    hub: Option<HubThread>,
 }
+
+type HubThread = (
+    std::thread::JoinHandle<()>,
+    Arc<std::sync::atomic::AtomicBool>,
+    Arc<Webhooks>,
+);
+
+/// How long queued webhooks may still be delivered once the server has drained.
+const WEBHOOK_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Server {
     /// Binds and starts the shards; returns once every shard is accepting. Setting
@@ -154,6 +166,72 @@ impl Server {
         let mut ports =
             crate::broker::mesh::build(placement.shards, config.limits.mesh_ring_capacity as usize)
                 .into_iter();
+        let per_app = || {
+            (0..config.apps.len())
+                .map(|_| std::sync::atomic::AtomicU32::new(0))
+                .collect()
+        };
+        let _ = shared.app_connections.set(per_app());
+        let _ = shared.app_channels.set(per_app());
+        let webhooks = Arc::new(
+            Webhooks::spawn(&config.apps, WebhookLimits::default())
+                .map_err(|source| ServerError::Shard { shard: 0, source })?,
+        );
+        let _ = shared.webhook_counters.set(webhooks.counters());
+        let hub_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (hub, links) = crate::hub::build(
+            placement.shards,
+            config.limits.hub_ring_capacity as usize,
+            config.limits.hub_backlog_max as usize,
+            Arc::clone(&config.apps),
+            Arc::clone(&shared),
+            Arc::clone(&webhooks),
+            Arc::clone(&hub_stop),
+        );
+        let _ = shared.hub_counters.set(hub.counters());
+        let mut links = links.into_iter();
+        let socket_nonce = crate::shard::pusher::socket_id_nonce();
+        let hub_thread = {
+            let shared = Arc::clone(&shared);
+            let (hub_ready_tx, hub_ready_rx) = mpsc::channel::<Result<(), String>>();
+            let handle = std::thread::Builder::new()
+                .name("ringcast-hub".to_owned())
+                .spawn(move || {
+                    // Only to sleep and to wake shards: the smallest buffer ring will do.
+                    let cfg = DriverConfig {
+                        recv_buffer_count: 1,
+                        recv_buffer_bytes: 4096,
+                        send_iovecs_max: 1,
+                    };
+                    let driver = match Driver::open(io, &cfg) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            let _ = hub_ready_tx.send(Err(e.0));
+                            return;
+                        }
+                    };
+                    match driver.wake_handle() {
+                        Ok(fd) => {
+                            let _ = shared.hub_waker.set(fd);
+                        }
+                        Err(e) => tracing::warn!("hub: no wake handle: {e}"),
+                    }
+                    let _ = hub_ready_tx.send(Ok(()));
+                    hub.run(driver);
+                })
+                .map_err(|source| ServerError::Shard { shard: 0, source })?;
+            match hub_ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(ServerError::IoUringUnavailable(e)),
+                Err(_) => {
+                    return Err(ServerError::Shard {
+                        shard: 0,
+                        source: io::Error::other("hub thread ended at startup"),
+                    });
+                }
+            }
+            handle
+        };
         let (ready_tx, ready_rx) = mpsc::channel::<Result<&'static str, String>>();
         let mut threads = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
@@ -163,6 +241,9 @@ impl Server {
             let port = ports
                 .next()
                 .unwrap_or_else(|| unreachable!("one mesh port per shard"));
+            let link = links
+                .next()
+                .unwrap_or_else(|| unreachable!("one hub link per shard"));
             let cpu = (placement.pin && !placement.cpus.is_empty())
                 .then(|| placement.cpus[i % placement.cpus.len()]);
             let handle = std::thread::Builder::new()
@@ -195,7 +276,18 @@ impl Server {
                         }
                         Err(e) => tracing::warn!(shard = i, "no wake handle: {e}"),
                     }
-                    let mut shard = Shard::new(i, driver, listener, config, shared_for_shard, port);
+                    let mut shard = Shard::new(
+                        i,
+                        driver,
+                        listener,
+                        config,
+                        shared_for_shard,
+                        Links {
+                            mesh: port,
+                            hub: link,
+                            socket_nonce,
+                        },
+                    );
                     let _ = ready.send(Ok(shard.driver_name()));
                     drop(ready);
                     shard.run().map(drop)
@@ -223,12 +315,25 @@ impl Server {
             driver_name,
             shared,
             threads,
+            hub: Some((hub_thread, hub_stop, webhooks)),
         })
     }
 
-    /// Blocks until every shard has stopped.
-    pub fn wait(self) -> Result<(), ServerError> {
-        for (shard, t) in self.threads.into_iter().enumerate() {
+    /// Blocks until every shard has stopped, then stops the hub and flushes webhooks.
+    pub fn wait(mut self) -> Result<(), ServerError> {
+        let result = self.join_shards();
+        if let Some((thread, stop, webhooks)) = self.hub.take() {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = thread.join();
+            if let Ok(webhooks) = Arc::try_unwrap(webhooks) {
+                webhooks.shutdown(WEBHOOK_FLUSH);
+            }
+        }
+        result
+    }
+
+    fn join_shards(&mut self) -> Result<(), ServerError> {
+        for (shard, t) in std::mem::take(&mut self.threads).into_iter().enumerate() {
             match t.join() {
                 Ok(Ok(())) => {}
                 Ok(Err(source)) => return Err(ServerError::Shard { shard, source }),

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::config::{LimitError, Limits, ServerConfig};
 use crate::driver::IoMode;
+use crate::pusher::app::{App, Apps};
 use crate::server::Placement;
 
 /// A setting that cannot work, named by its TOML key (the flag and the variable derive from it).
@@ -181,6 +182,12 @@ limit_settings! {
     /// Messages taken from the mesh rings per loop turn.
     mesh_messages_per_turn_max => mesh_messages_per_turn_max: u32,
         "RINGCAST_MESH_MESSAGES_PER_TURN_MAX", "messages", "4096", "the rest wait for the next turn";
+    /// Messages each ring between a shard and the hub (the Pusher control plane) holds.
+    hub_ring_capacity => hub_ring_capacity: u32, "RINGCAST_HUB_RING_CAPACITY", "messages",
+        "8192", "messages wait in the backlog (max_hub_backlog)";
+    /// Messages waiting for room in a shard-hub ring, per ring.
+    max_hub_backlog => hub_backlog_max: u32, "RINGCAST_MAX_HUB_BACKLOG", "messages", "65536",
+        "the message is dropped, counted (hub_dropped) and logged; an API query then times out";
     /// Frames queued to subscribers per loop turn.
     fanout_deliveries_per_turn_max => fanout_deliveries_per_turn_max: u32,
         "RINGCAST_FANOUT_DELIVERIES_PER_TURN_MAX", "deliveries", "65536",
@@ -236,6 +243,9 @@ struct FileConfig {
     pin: Option<bool>,
     allow_client_publish: Option<bool>,
     publish_token: Option<String>,
+    /// Pusher apps (`[[apps]]` tables); none: the development app.
+    #[serde(default)]
+    apps: Vec<App>,
     #[serde(flatten)]
     limits: FileLimits,
 }
@@ -309,8 +319,27 @@ pub fn resolve(args: &ServeArgs, nofile: u64) -> Result<Settings, SettingsError>
             .parse()
             .unwrap_or_else(|_| unreachable!())
     });
+    let dev_app = file.apps.is_empty();
+    let apps = if dev_app {
+        vec![App::default_dev()]
+    } else {
+        file.apps
+    };
+    let apps = Apps::new(apps).map_err(|e| SettingsError::Invalid {
+        key: "apps",
+        reason: e.to_string(),
+    })?;
+    if dev_app && !listen.ip().is_loopback() {
+        tracing::warn!(
+            %listen,
+            "NO APPS CONFIGURED: the development app (key app-key, secret app-secret) is \
+             reachable beyond loopback; anyone can publish with its public secret. Configure \
+             [[apps]] in the config file"
+        );
+    }
     let server = ServerConfig {
         listen,
+        apps: std::sync::Arc::new(apps),
         echo: args.echo.or(file.echo).unwrap_or(false),
         io: args.io.or(file.io).unwrap_or(Io::Auto).into(),
         allow_client_publish: args

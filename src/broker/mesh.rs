@@ -22,7 +22,13 @@ use rtrb::{Consumer, Producer, RingBuffer};
 #[derive(Debug, Clone)]
 pub enum MeshMsg {
     /// Deliver `frame` (a complete encoded WebSocket frame) to local subscribers of `topic`.
-    Publish { topic: Arc<str>, frame: Bytes },
+    /// `exclude`: a connection of the destination shard that must not get it (the publisher,
+    /// or the HTTP API's `socket_id`).
+    Publish {
+        topic: Arc<str>,
+        frame: Bytes,
+        exclude: Option<crate::driver::ConnKey>,
+    },
     /// Shard `from` now has (or no longer has) subscribers of `topic`.
     Interest {
         topic: Arc<str>,
@@ -86,11 +92,23 @@ impl MeshPort {
 
     /// Pushes a publish to `dest`. The caller checked [`MeshPort::has_room`] first, so this
     /// only fails on a bug; the message is then dropped and false returned.
-    pub fn publish(&mut self, dest: usize, topic: Arc<str>, frame: Bytes) -> bool {
+    pub fn publish(
+        &mut self,
+        dest: usize,
+        topic: Arc<str>,
+        frame: Bytes,
+        exclude: Option<crate::driver::ConnKey>,
+    ) -> bool {
         let Some(Some(p)) = self.outs.get_mut(dest) else {
             return false;
         };
-        let ok = p.push(MeshMsg::Publish { topic, frame }).is_ok();
+        let ok = p
+            .push(MeshMsg::Publish {
+                topic,
+                frame,
+                exclude,
+            })
+            .is_ok();
         debug_assert!(ok, "publish pushed without room");
         self.touched[dest] |= ok;
         ok
@@ -180,7 +198,7 @@ mod tests {
         let mut ports = build(3, 8);
         let topic: Arc<str> = Arc::from("t");
         assert!(ports[0].has_room([1usize, 2].into_iter()));
-        assert!(ports[0].publish(2, Arc::clone(&topic), Bytes::from_static(b"x")));
+        assert!(ports[0].publish(2, Arc::clone(&topic), Bytes::from_static(b"x"), None));
         let mut got = Vec::new();
         assert_eq!(ports[1].drain(10, |_, m| got.push(m)), 0);
         assert_eq!(ports[2].drain(10, |src, m| got.push((src, m).1)), 1);
@@ -193,8 +211,8 @@ mod tests {
     fn full_ring_reports_no_room_and_interest_waits_in_the_backlog() {
         let mut ports = build(2, 2);
         let topic: Arc<str> = Arc::from("t");
-        assert!(ports[0].publish(1, Arc::clone(&topic), Bytes::new()));
-        assert!(ports[0].publish(1, Arc::clone(&topic), Bytes::new()));
+        assert!(ports[0].publish(1, Arc::clone(&topic), Bytes::new(), None));
+        assert!(ports[0].publish(1, Arc::clone(&topic), Bytes::new(), None));
         assert!(!ports[0].has_room([1usize].into_iter()));
         ports[0].announce_interest(&topic, true);
         assert!(ports[0].has_backlog());
@@ -234,7 +252,7 @@ mod tests {
                         for d in 0..SHARDS {
                             if d != me && sent[d] < PER_PAIR && port.has_room([d].into_iter()) {
                                 let frame = Bytes::copy_from_slice(&sent[d].to_le_bytes());
-                                assert!(port.publish(d, Arc::clone(&topic), frame));
+                                assert!(port.publish(d, Arc::clone(&topic), frame, None));
                                 sent[d] += 1;
                             }
                         }

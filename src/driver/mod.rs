@@ -16,7 +16,7 @@ use crate::buf::OutBuf;
 
 /// Identifies a connection slot and the generation of its current occupant, so a completion
 /// that arrives for an earlier occupant of a reused slot is recognised and dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ConnKey {
     pub index: u32,
     /// Only the low 24 bits travel in io_uring user data.

@@ -323,6 +323,19 @@ fn is_valid_socket_id(id: &str) -> bool {
         })
 }
 
+/// A channel an event may be triggered on: a channel name, or a signed-in user's
+/// `#server-to-user-{user_id}` (what the SDKs' `sendToUser` uses; Pusher user authentication
+/// docs), whose id follows the channel-name alphabet and is at most 200 bytes.
+pub fn is_valid_trigger_channel(name: &str) -> bool {
+    if let Some(user_id) = name.strip_prefix("#server-to-user-") {
+        return (1..=USER_ID_BYTES_MAX).contains(&user_id.len())
+            && user_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-=@,.;".contains(&b));
+    }
+    is_valid_channel_name(name)
+}
+
 fn is_presence(channel: &str) -> bool {
     channel.starts_with("presence-")
 }
@@ -479,7 +492,7 @@ fn validate_event(
             }));
         }
     };
-    if !channels.iter().all(|c| is_valid_channel_name(c)) {
+    if !channels.iter().all(|c| is_valid_trigger_channel(c)) {
         return Err(ApiError::InvalidChannelName);
     }
 
@@ -999,5 +1012,10 @@ mod tests {
         for bad in ["", "a b", "a/b", "a#b", "é", &"x".repeat(165)] {
             assert!(!is_valid_channel_name(bad), "{bad}");
         }
+        assert!(is_valid_trigger_channel("#server-to-user-42"));
+        assert!(is_valid_trigger_channel("news"));
+        assert!(!is_valid_trigger_channel("#server-to-user-"));
+        assert!(!is_valid_trigger_channel("#server-to-user-a b"));
+        assert!(!is_valid_trigger_channel("#other"));
     }
 }

@@ -34,6 +34,19 @@ pub enum WebhookEvent<'a> {
 }
 
 impl WebhookEvent<'_> {
+    /// The event's `name` in the body, one of [`crate::pusher::app::WEBHOOK_EVENT_TYPES`]; what a
+    /// webhook target's `event_types` lists.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::ChannelOccupied { .. } => "channel_occupied",
+            Self::ChannelVacated { .. } => "channel_vacated",
+            Self::MemberAdded { .. } => "member_added",
+            Self::MemberRemoved { .. } => "member_removed",
+            Self::ClientEvent { .. } => "client_event",
+            Self::CacheMiss { .. } => "cache_miss",
+        }
+    }
+
     fn to_json(&self) -> Value {
         match *self {
             Self::ChannelOccupied { channel } => {

@@ -13,6 +13,8 @@ pub const GOING_AWAY: u16 = 1001;
 pub const PROTOCOL_ERROR: u16 = 1002;
 /// RFC 6455 §7.4.1: the payload is inconsistent with the message type (bad UTF-8 in text).
 pub const INVALID_PAYLOAD: u16 = 1007;
+/// The endpoint cannot accept this type of data (binary on a text-only protocol).
+pub const UNSUPPORTED_DATA: u16 = 1003;
 /// RFC 6455 §7.4.1: a generic policy violation.
 pub const POLICY_VIOLATION: u16 = 1008;
 /// RFC 6455 §7.4.1: a message is too big to process.

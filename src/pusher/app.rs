@@ -69,6 +69,46 @@ pub struct App {
     /// client in `pusher:connection_established`. Default: 120 (Pusher's value).
     #[serde(default = "default_activity_timeout_s")]
     pub activity_timeout_s: u32,
+    /// Channels of this app held at once, counted per shard that has subscribers (so a channel
+    /// with subscribers on two shards counts twice). Hit: the subscribe that would create one
+    /// more gets `pusher:subscription_error` (`LimitReached`). Default: 100,000, so one client
+    /// cannot make the server hold channels without bound.
+    #[serde(default = "default_max_channels")]
+    pub max_channels: u32,
+    /// Where this app's webhooks go (`[[apps.webhooks]]` tables). Default: none, and then no
+    /// webhook thread work is done for the app.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookTarget>,
+}
+
+/// The webhook event names a target may subscribe to (Pusher webhooks docs, "Events").
+pub const WEBHOOK_EVENT_TYPES: [&str; 6] = [
+    "channel_occupied",
+    "channel_vacated",
+    "member_added",
+    "member_removed",
+    "client_event",
+    "cache_miss",
+];
+
+/// One webhook receiver of an app: `[[apps.webhooks]] url = "http://..." event_types = [...]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookTarget {
+    /// The URL each batch is POSTed to. Only `http://` (no TLS client is built in): checked by
+    /// [`Apps::new`].
+    pub url: String,
+    /// The event names ([`WEBHOOK_EVENT_TYPES`]) sent to this URL; empty sends every event.
+    /// Default: empty.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+}
+
+impl WebhookTarget {
+    /// Whether an event named `name` goes to this target.
+    pub fn accepts(&self, name: &str) -> bool {
+        self.event_types.is_empty() || self.event_types.iter().any(|t| t == name)
+    }
 }
 
 impl App {
@@ -93,6 +133,8 @@ impl App {
             max_event_batch_size: default_max_event_batch_size(),
             client_event_rate_per_s: default_client_event_rate_per_s(),
             activity_timeout_s: default_activity_timeout_s(),
+            max_channels: default_max_channels(),
+            webhooks: Vec::new(),
         }
     }
 
@@ -125,6 +167,10 @@ pub enum AppsError {
     EmptyField(&'static str),
     #[error("app {id:?}: {field} must be at least 1")]
     ZeroLimit { id: String, field: &'static str },
+    #[error("app {id:?}: webhook url {url:?} must start with http:// (https is not supported)")]
+    WebhookUrlNotHttp { id: String, url: String },
+    #[error("app {id:?}: unknown webhook event type {name:?} (known: {known})", known = WEBHOOK_EVENT_TYPES.join(", "))]
+    UnknownWebhookEventType { id: String, name: String },
 }
 
 impl Apps {
@@ -145,6 +191,7 @@ impl Apps {
                 ("max_event_channels", app.max_event_channels),
                 ("max_event_batch_size", app.max_event_batch_size),
                 ("activity_timeout_s", app.activity_timeout_s),
+                ("max_channels", app.max_channels),
             ] {
                 if value == 0 {
                     return Err(AppsError::ZeroLimit {
@@ -153,6 +200,7 @@ impl Apps {
                     });
                 }
             }
+            check_webhooks(&app)?;
             let index = out.apps.len();
             if out.by_key.insert(app.key.clone(), index).is_some() {
                 return Err(AppsError::DuplicateKey(app.key));
@@ -184,6 +232,45 @@ impl Apps {
     pub fn is_empty(&self) -> bool {
         self.apps.is_empty()
     }
+
+    /// The app at `index` (the order of the configuration).
+    pub fn get(&self, index: usize) -> Option<&Arc<App>> {
+        self.apps.get(index)
+    }
+
+    /// The index of the app with this key.
+    pub fn index_of_key(&self, key: &str) -> Option<u32> {
+        self.by_key.get(key).map(|&i| i as u32)
+    }
+
+    /// The index of the app with this id.
+    pub fn index_of_id(&self, id: &str) -> Option<u32> {
+        self.by_id.get(id).map(|&i| i as u32)
+    }
+}
+
+/// Webhook URLs are plain `http://` with a host, and event types are known names.
+fn check_webhooks(app: &App) -> Result<(), AppsError> {
+    for target in &app.webhooks {
+        let host = target.url.strip_prefix("http://").unwrap_or("");
+        if host.is_empty() || host.starts_with('/') {
+            return Err(AppsError::WebhookUrlNotHttp {
+                id: app.id.clone(),
+                url: target.url.clone(),
+            });
+        }
+        if let Some(name) = target
+            .event_types
+            .iter()
+            .find(|name| !WEBHOOK_EVENT_TYPES.contains(&name.as_str()))
+        {
+            return Err(AppsError::UnknownWebhookEventType {
+                id: app.id.clone(),
+                name: name.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn default_true() -> bool {
@@ -212,6 +299,9 @@ fn default_max_event_batch_size() -> u32 {
 }
 fn default_client_event_rate_per_s() -> u32 {
     10
+}
+fn default_max_channels() -> u32 {
+    100_000
 }
 fn default_activity_timeout_s() -> u32 {
     120
@@ -308,6 +398,16 @@ mod tests {
         empty.secret.clear();
         let mut zero = dev();
         zero.max_event_payload_bytes = 0;
+        let hook = |url: &str, event_types: &[&str]| WebhookTarget {
+            url: url.into(),
+            event_types: event_types.iter().map(|&t| t.into()).collect(),
+        };
+        let mut https = dev();
+        https.webhooks = vec![hook("https://h.example/hook", &[])];
+        let mut no_host = dev();
+        no_host.webhooks = vec![hook("http:///hook", &[])];
+        let mut unknown_event = dev();
+        unknown_event.webhooks = vec![hook("http://h.example/", &["channel_occupied", "joined"])];
         let cases: Vec<(Vec<App>, AppsError)> = vec![
             (
                 vec![dev(), same_key],
@@ -325,10 +425,55 @@ mod tests {
                     field: "max_event_payload_bytes",
                 },
             ),
+            (
+                vec![https],
+                AppsError::WebhookUrlNotHttp {
+                    id: "app-id".into(),
+                    url: "https://h.example/hook".into(),
+                },
+            ),
+            (
+                vec![no_host],
+                AppsError::WebhookUrlNotHttp {
+                    id: "app-id".into(),
+                    url: "http:///hook".into(),
+                },
+            ),
+            (
+                vec![unknown_event],
+                AppsError::UnknownWebhookEventType {
+                    id: "app-id".into(),
+                    name: "joined".into(),
+                },
+            ),
         ];
         for (apps, want) in cases {
             assert_eq!(Apps::new(apps).unwrap_err(), want);
         }
+    }
+
+    #[test]
+    fn toml_app_webhooks_are_read_and_filter_by_event_type() {
+        let file: File = toml::from_str(
+            "[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n\
+             [[apps.webhooks]]\nurl = \"http://127.0.0.1:9000/hook\"\n\
+             event_types = [\"channel_occupied\"]\n\
+             [[apps.webhooks]]\nurl = \"http://127.0.0.1:9001/all\"\n",
+        )
+        .unwrap();
+        let hooks = &file.apps[0].webhooks;
+        assert_eq!(hooks.len(), 2);
+        assert_eq!(hooks[0].url, "http://127.0.0.1:9000/hook");
+        assert!(hooks[0].accepts("channel_occupied"));
+        assert!(!hooks[0].accepts("channel_vacated"));
+        assert!(hooks[1].event_types.is_empty());
+        assert!(hooks[1].accepts("channel_vacated"));
+        assert!(Apps::new(file.apps).is_ok());
+        let r: Result<File, _> = toml::from_str(
+            "[[apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n\
+             [[apps.webhooks]]\nurl = \"http://h/\"\nevents = [\"cache_miss\"]\n",
+        );
+        assert!(r.is_err(), "a misspelled webhook key is refused");
     }
 
     #[test]

@@ -38,14 +38,24 @@ pub const SIGNIN_TIMEOUT_MS: u64 = 30_000;
 /// bounds per-connection memory at about 256 * (164 + 48) bytes.
 pub const SUBSCRIPTIONS_MAX: usize = 256;
 
+/// Entries of a sign-in's `watchlist` that are kept; the rest are ignored. Pusher's own limit
+/// for a watchlist is 100 user ids.
+pub const WATCHLIST_MAX: usize = 100;
+
+/// The channel of server-to-user events: `#server-to-user-{user_id}` (Pusher user
+/// authentication).
+pub const SERVER_TO_USER_PREFIX: &str = "#server-to-user-";
+
 /// What the shard must do, in order, on behalf of this connection.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Send this text frame to this connection.
     Send(String),
-    /// Register this connection on `channel` in the broker. The `subscription_succeeded` frame
-    /// was sent just before. For cache kinds, send the channel's last event now, or
-    /// [`protocol::cache_miss`] if there is none.
+    /// Register this connection on `channel` in the broker. It always directly follows the
+    /// `Send` of its `subscription_succeeded` frame: perform the subscription first and send
+    /// that frame only when it took; when the broker refuses (the app's channel limit), call
+    /// [`Session::subscription_refused`] instead and perform what it returns. For cache kinds,
+    /// send the channel's last event next, or [`protocol::cache_miss`] if there is none.
     Subscribe { channel: String, kind: ChannelKind },
     /// Remove this connection from `channel` in the broker. For presence kinds, also call
     /// [`presence_leave`] on the channel's registry and perform what it returns.
@@ -65,9 +75,18 @@ pub enum Action {
         channel: String,
         event: String,
         frame: String,
+        /// The event's data as JSON text, and the sender's presence user id: for the
+        /// `client_event` webhook.
+        data: String,
+        user_id: Option<String>,
     },
     /// The connection signed in as `user_id`: index it for user-targeted sends and termination.
-    SignedIn { user_id: String },
+    SignedIn {
+        user_id: String,
+        /// The user ids whose online status this connection is told about (Pusher watchlist
+        /// events), at most [`WATCHLIST_MAX`], normalised like presence ids.
+        watchlist: Vec<String>,
+    },
     /// Send a close frame with this code and reason and stop reading; then call
     /// [`Session::handle_close`] when the socket is done.
     Close { code: u16, reason: &'static str },
@@ -98,6 +117,9 @@ struct Subscription {
     active: bool,
     /// The presence member's id, added to client events on presence channels.
     user_id: Option<String>,
+    /// `#server-to-user-{id}`: the broker subscription was made at sign-in and is the
+    /// connection's own, so unsubscribing from it only forgets it here.
+    internal: bool,
 }
 
 impl Session {
@@ -211,6 +233,67 @@ impl Session {
         }
     }
 
+    /// Completes a [`Action::PresenceJoin`] that another thread performed against the
+    /// channel's registry: `outcome` is the `subscription_succeeded` frame, or the
+    /// `subscription_error` frame. When the subscription is no longer pending (unsubscribed or
+    /// closed meanwhile) a successful join must be undone: the answer is then an
+    /// [`Action::Unsubscribe`] of the presence channel.
+    pub fn presence_join_result(
+        &mut self,
+        channel: &str,
+        outcome: Result<String, String>,
+    ) -> Vec<Action> {
+        let pending = self
+            .subscriptions
+            .iter()
+            .position(|s| s.channel == channel && !s.active);
+        match (pending, outcome) {
+            (Some(index), Ok(frame)) => {
+                let subscription = &mut self.subscriptions[index];
+                subscription.active = true;
+                vec![
+                    Action::Send(frame),
+                    Action::Subscribe {
+                        channel: channel.to_owned(),
+                        kind: subscription.kind,
+                    },
+                ]
+            }
+            (Some(index), Err(frame)) => {
+                self.subscriptions.swap_remove(index);
+                vec![Action::Send(frame)]
+            }
+            (None, Ok(_)) => vec![Action::Unsubscribe {
+                channel: channel.to_owned(),
+                kind: ChannelKind::from_name(channel),
+            }],
+            (None, Err(_)) => Vec::new(),
+        }
+    }
+
+    /// The broker refused a subscription this session asked for (an app's channel limit): it
+    /// is forgotten, and the client gets a `subscription_error`. A presence subscription is
+    /// also undone in the hub (the returned `Unsubscribe`).
+    pub fn subscription_refused(&mut self, channel: &str, why: &str) -> Vec<Action> {
+        let Some(index) = self.subscriptions.iter().position(|s| s.channel == channel) else {
+            return Vec::new();
+        };
+        let subscription = self.subscriptions.swap_remove(index);
+        let mut actions = vec![Action::Send(protocol::subscription_error(
+            channel,
+            "LimitReached",
+            why,
+            4100,
+        ))];
+        if subscription.kind.is_presence() {
+            actions.push(Action::Unsubscribe {
+                channel: subscription.channel,
+                kind: subscription.kind,
+            });
+        }
+        actions
+    }
+
     /// Timers: the server ping after `activity_timeout` of silence, the pong deadline, and the
     /// sign-in deadline.
     pub fn handle_timeout(&mut self, now_ms: u64) -> Vec<Action> {
@@ -265,7 +348,7 @@ impl Session {
         self.closed = true;
         self.subscriptions
             .drain(..)
-            .filter(|s| s.active)
+            .filter(|s| s.active && !s.internal)
             .map(|s| Action::Unsubscribe {
                 channel: s.channel,
                 kind: s.kind,
@@ -312,6 +395,23 @@ impl Session {
                 &channel, kind, error, status,
             ))]
         };
+        if let Some(user) = channel.strip_prefix(SERVER_TO_USER_PREFIX) {
+            // pusher-js subscribes to its user's channel after `pusher:signin_success`.
+            if self.user_id.as_deref() != Some(user) {
+                return refuse("AuthError", "sign in as this user first", 401);
+            }
+            if self.subscriptions.iter().any(|s| s.channel == channel) {
+                return Vec::new();
+            }
+            self.subscriptions.push(Subscription {
+                channel: channel.clone(),
+                kind: ChannelKind::Public,
+                active: true,
+                user_id: None,
+                internal: true,
+            });
+            return vec![Action::Send(protocol::subscription_succeeded(&channel))];
+        }
         let kind = match validate_channel_name(&channel, self.app.max_channel_name_length as usize)
         {
             Ok(kind) => kind,
@@ -353,6 +453,7 @@ impl Session {
                 kind,
                 active: false,
                 user_id: Some(member.user_id.clone()),
+                internal: false,
             });
             return vec![Action::PresenceJoin { channel, member }];
         }
@@ -361,6 +462,7 @@ impl Session {
             kind,
             active: true,
             user_id: None,
+            internal: false,
         });
         vec![
             Action::Send(protocol::subscription_succeeded(&channel)),
@@ -373,7 +475,7 @@ impl Session {
             return Vec::new();
         };
         let subscription = self.subscriptions.swap_remove(index);
-        if !subscription.active {
+        if !subscription.active || subscription.internal {
             // A presence join not yet performed: dropping it is enough.
             return Vec::new();
         }
@@ -409,7 +511,10 @@ impl Session {
         self.user_id = Some(user_id.clone());
         vec![
             Action::Send(protocol::signin_success(user_data)),
-            Action::SignedIn { user_id },
+            Action::SignedIn {
+                user_id,
+                watchlist: watchlist_of(user_data),
+            },
         ]
     }
 
@@ -438,8 +543,11 @@ impl Session {
             return refuse("Client event rejected - not subscribed to the channel");
         };
         let user_id = subscription.user_id.clone();
-        let data_bytes = serde_json::to_string(data).map_or(usize::MAX, |s| s.len());
-        if data_bytes > self.app.max_event_payload_bytes as usize {
+        let data_text = match data {
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        if data_text.len() > self.app.max_event_payload_bytes as usize {
             return refuse("Client event rejected - payload too large");
         }
         if !self.take_token(now_ms) {
@@ -452,6 +560,8 @@ impl Session {
             channel,
             event,
             frame,
+            data: data_text,
+            user_id,
         }]
     }
 
@@ -523,6 +633,26 @@ fn user_id_of(user_data: &str) -> Option<String> {
         return None;
     };
     presence::normalize_user_id(data.get("id")?)
+}
+
+/// The `watchlist` of user data: valid ids, deduplicated, at most [`WATCHLIST_MAX`].
+fn watchlist_of(user_data: &str) -> Vec<String> {
+    let Ok(Value::Object(data)) = serde_json::from_str::<Value>(user_data) else {
+        return Vec::new();
+    };
+    let Some(Value::Array(ids)) = data.get("watchlist") else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = Vec::new();
+    for id in ids.iter().filter_map(presence::normalize_user_id) {
+        if out.len() == WATCHLIST_MAX {
+            break;
+        }
+        if !out.contains(&id) {
+            out.push(id);
+        }
+    }
+    out
 }
 
 fn bucket_capacity_milli(app: &App) -> u64 {
@@ -974,6 +1104,8 @@ mod tests {
                 channel: "private-a".into(),
                 event: "client-typing".into(),
                 frame: r#"{"event":"client-typing","channel":"private-a","data":{"x":1}}"#.into(),
+                data: r#"{"x":1}"#.into(),
+                user_id: None,
             }]
         );
     }
@@ -1086,7 +1218,8 @@ mod tests {
             vec![
                 Action::Send(protocol::signin_success(user_data)),
                 Action::SignedIn {
-                    user_id: "42".into()
+                    user_id: "42".into(),
+                    watchlist: Vec::new(),
                 }
             ]
         );
@@ -1289,5 +1422,97 @@ mod tests {
             }
         );
         assert_eq!(session.handle_shutdown(), vec![]);
+    }
+
+    #[test]
+    fn the_server_to_user_channel_is_answered_only_for_the_signed_in_user() {
+        let mut session = session();
+        let sub = |c: &str| subscribe_frame(c, None, None);
+        let (event, _) = only_send(&session.handle_text(&sub("#server-to-user-42"), 1));
+        assert_eq!(event, "pusher:subscription_error");
+        let user_data = r#"{"id":"42"}"#;
+        let auth = auth::user_auth("app-key", "app-secret", SOCKET, user_data);
+        session.handle_text(&signin_frame(user_data, &auth), 1);
+        let (event, _) = only_send(&session.handle_text(&sub("#server-to-user-42"), 2));
+        assert_eq!(event, "pusher_internal:subscription_succeeded");
+        let (event, _) = only_send(&session.handle_text(&sub("#server-to-user-43"), 2));
+        assert_eq!(event, "pusher:subscription_error");
+        let unsubscribe =
+            json!({"event": "pusher:unsubscribe", "data": {"channel": "#server-to-user-42"}});
+        assert!(session.handle_text(&unsubscribe.to_string(), 3).is_empty());
+        assert!(
+            session.handle_close().is_empty(),
+            "the broker subscription is the shard's own"
+        );
+    }
+
+    #[test]
+    fn the_watchlist_is_normalised_deduplicated_and_bounded() {
+        let mut ids: Vec<Value> = vec![json!(1), json!("1"), json!("b"), json!(null), json!("")];
+        ids.extend((0..200).map(|i| json!(format!("u{i}"))));
+        let data = json!({"id": "me", "watchlist": ids}).to_string();
+        let list = watchlist_of(&data);
+        assert_eq!(&list[..3], ["1", "b", "u0"]);
+        assert_eq!(list.len(), WATCHLIST_MAX);
+        assert!(watchlist_of(r#"{"id":"me","watchlist":"x"}"#).is_empty());
+    }
+
+    fn pending_join(session: &mut Session) {
+        let data = json!({"user_id": "u", "user_info": {}}).to_string();
+        let frame = subscribe_frame(
+            "presence-r",
+            Some(&sign("presence-r", Some(&data))),
+            Some(&data),
+        );
+        let actions = session.handle_text(&frame, 1);
+        assert!(
+            matches!(&actions[..], [Action::PresenceJoin { .. }]),
+            "{actions:?}"
+        );
+    }
+
+    #[test]
+    fn a_remote_presence_join_result_activates_or_refuses_the_subscription() {
+        let mut ok = session();
+        pending_join(&mut ok);
+        assert!(!ok.is_subscribed("presence-r"));
+        let actions = ok.presence_join_result("presence-r", Ok("succeeded".into()));
+        assert_eq!(
+            actions,
+            vec![
+                Action::Send("succeeded".into()),
+                Action::Subscribe {
+                    channel: "presence-r".into(),
+                    kind: ChannelKind::Presence
+                }
+            ]
+        );
+        assert!(ok.is_subscribed("presence-r"));
+
+        let mut refused = session();
+        pending_join(&mut refused);
+        let actions = refused.presence_join_result("presence-r", Err("full".into()));
+        assert_eq!(actions, vec![Action::Send("full".into())]);
+        assert_eq!(refused.subscription_count(), 0);
+    }
+
+    #[test]
+    fn a_join_that_lands_after_unsubscribing_is_undone() {
+        let mut session = session();
+        pending_join(&mut session);
+        let unsubscribe = json!({"event": "pusher:unsubscribe", "data": {"channel": "presence-r"}});
+        assert!(session.handle_text(&unsubscribe.to_string(), 2).is_empty());
+        assert_eq!(
+            session.presence_join_result("presence-r", Ok("succeeded".into())),
+            vec![Action::Unsubscribe {
+                channel: "presence-r".into(),
+                kind: ChannelKind::Presence
+            }]
+        );
+        assert!(
+            session
+                .presence_join_result("presence-r", Err("x".into()))
+                .is_empty()
+        );
     }
 }

@@ -42,6 +42,11 @@ pub struct Http {
     pub awaiting_body: bool,
     /// At least one request was answered on this connection (idle vs. handshake timeout).
     pub answered: bool,
+    /// A request was handed to the hub; its answer arrives as a message. Later requests wait
+    /// in `pending` until then, so answers keep request order.
+    pub awaiting_reply: bool,
+    /// Whether the connection stays open after that answer.
+    pub reply_keep_alive: bool,
 }
 
 /// WebSocket state after an upgrade.
@@ -92,6 +97,8 @@ impl Conn {
                 pending: None,
                 awaiting_body: false,
                 answered: false,
+                awaiting_reply: false,
+                reply_keep_alive: false,
             }),
         }
     }

@@ -6,18 +6,19 @@
 
 pub mod conn;
 pub mod per_ip;
+pub mod pusher;
 pub mod router;
 pub mod sendq;
 pub mod stats;
 pub mod timer;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -60,6 +61,14 @@ pub struct Shared {
     pub driver_name: std::sync::OnceLock<&'static str>,
     /// Each shard's wake handle (see [`Driver::wake`]), set once its driver exists.
     pub wakers: Vec<std::sync::OnceLock<OwnedFd>>,
+    /// The hub's wake handle.
+    pub hub_waker: std::sync::OnceLock<OwnedFd>,
+    /// Open Pusher connections per app (index of the configuration), for `max_connections`.
+    pub app_connections: std::sync::OnceLock<Vec<AtomicU32>>,
+    /// Channels per app with local subscribers, summed over shards, for `max_channels`.
+    pub app_channels: std::sync::OnceLock<Vec<AtomicU32>>,
+    pub hub_counters: std::sync::OnceLock<Arc<crate::hub::HubCounters>>,
+    pub webhook_counters: std::sync::OnceLock<Arc<crate::webhook::WebhookCounters>>,
 }
 
 impl Shared {
@@ -69,12 +78,37 @@ impl Shared {
             counters: (0..shards).map(|_| ShardCounters::default()).collect(),
             driver_name: std::sync::OnceLock::new(),
             wakers: (0..shards).map(|_| std::sync::OnceLock::new()).collect(),
+            hub_waker: std::sync::OnceLock::new(),
+            app_connections: std::sync::OnceLock::new(),
+            app_channels: std::sync::OnceLock::new(),
+            hub_counters: std::sync::OnceLock::new(),
+            webhook_counters: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Open Pusher connections per app (empty until the server set the apps).
+    pub fn app_connections(&self) -> &[AtomicU32] {
+        self.app_connections.get().map_or(&[], Vec::as_slice)
+    }
+
+    /// Channels per app held by the shards (empty until the server set the apps).
+    pub fn app_channels(&self) -> &[AtomicU32] {
+        self.app_channels.get().map_or(&[], Vec::as_slice)
     }
 
     pub fn draining(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
+}
+
+/// A shard's ends of what connects it to the rest of the server.
+pub struct Links {
+    /// The rings to and from the other shards.
+    pub mesh: MeshPort,
+    /// The rings to and from the hub.
+    pub hub: crate::hub::ShardLink,
+    /// The process's socket id nonce (see [`pusher::socket_id_nonce`]).
+    pub socket_nonce: u64,
 }
 
 pub struct Shard {
@@ -113,6 +147,12 @@ struct State {
     mesh: MeshPort,
     /// Fan-outs in progress, oldest first (each may span loop turns).
     fanout: VecDeque<FanoutJob>,
+    /// The rings to and from the hub (the Pusher control plane).
+    hub: crate::hub::ShardLink,
+    hub_inbox: Vec<crate::hub::ToShard>,
+    /// Pusher topics whose local subscriber count changed this turn, with the new count.
+    hub_counts: HashMap<Arc<str>, u32>,
+    socket_nonce: u64,
 }
 
 /// One published frame being queued to a topic's local subscribers.
@@ -136,8 +176,13 @@ impl Shard {
         listener: Socket,
         config: Arc<ServerConfig>,
         shared: Arc<Shared>,
-        mesh: MeshPort,
+        links: Links,
     ) -> Self {
+        let Links {
+            mesh,
+            hub,
+            socket_nonce,
+        } = links;
         let limits = config.limits;
         let per_ip = (limits.connections_per_ip_max > 0 || limits.handshakes_per_ip_per_s > 0)
             .then(|| {
@@ -177,6 +222,10 @@ impl Shard {
                 topics: Topics::new(),
                 mesh,
                 fanout: VecDeque::new(),
+                hub,
+                hub_inbox: Vec::new(),
+                hub_counts: HashMap::new(),
+                socket_nonce,
             },
         }
     }
@@ -206,7 +255,8 @@ impl Shard {
             // waiting for room) means no sleeping.
             let busy = !self.state.fanout.is_empty()
                 || self.state.mesh.has_inbound()
-                || self.state.mesh.has_backlog();
+                || self.state.mesh.has_backlog()
+                || self.state.hub.has_inbound();
             let timeout = if busy { Duration::ZERO } else { tick };
             let state = &mut self.state;
             self.driver
@@ -215,11 +265,14 @@ impl Shard {
             self.state.now =
                 (self.state.epoch.elapsed().as_millis() as u64 / timer::TICK_MS) as Tick;
             self.state.drain_mesh();
+            self.state.drain_hub();
             self.state.run_fanout();
             self.state.fire_timers();
             self.state.enforce_budget();
             self.state.flush_dirty(&mut self.driver);
             self.state.mesh.flush_backlog();
+            self.state.flush_hub_counts();
+            self.state.hub.flush_backlog();
             self.state.wake_peers(&mut self.driver);
             self.state.publish_stats();
         }
@@ -448,16 +501,20 @@ impl State {
         let conn = self.conns.remove(index as usize);
         debug_assert!(!conn.has(flag::RECV_ARMED | flag::SEND_INFLIGHT));
         debug_assert!(conn.outq.is_empty());
-        if let Phase::WebSocket(ws) = &conn.phase {
+        let generation = conn.generation;
+        let rejecting = conn.has(flag::REJECTING);
+        if let Phase::WebSocket(ws) = conn.phase {
             self.held_bytes = self
                 .held_bytes
                 .saturating_sub(ws.decoder.buffered_bytes() as u64);
             self.stats.websockets = self.stats.websockets.saturating_sub(1);
-            if let Endpoint::Topic { id, slot } = ws.endpoint {
-                self.unsubscribe(index, id, slot);
+            match ws.endpoint {
+                Endpoint::Topic { id, slot } => self.unsubscribe(index, id, slot),
+                Endpoint::Pusher(pc) => self.pusher_release(index, generation, *pc),
+                Endpoint::Echo => {}
             }
         }
-        if conn.has(flag::REJECTING) {
+        if rejecting {
             self.rejecting -= 1;
         }
         if let Some(per_ip) = &mut self.per_ip {
@@ -494,6 +551,20 @@ impl State {
             Phase::WebSocket(ws) => {
                 ws.ping_outstanding = false;
                 self.on_ws_bytes(index, data)
+            }
+            Phase::Http(h) if h.awaiting_reply => {
+                // The answer to the previous request comes from the hub; later requests wait
+                // (bounded like any incomplete request).
+                let held = h.pending.as_ref().map_or(0, |p| p.len());
+                let cap = 2 * self.limits.header_bytes_max + self.limits.body_bytes_max;
+                if held + data.len() > cap {
+                    self.respond_error(index, 431);
+                    return;
+                }
+                h.pending
+                    .get_or_insert_with(Default::default)
+                    .extend_from_slice(data);
+                self.held_bytes += data.len() as u64;
             }
             Phase::Http(h) => {
                 if let Some(mut pending) = h.pending.take() {
@@ -561,12 +632,53 @@ impl State {
                     match routed {
                         Routed::Upgrade(to, accept) => {
                             handshake::write_accept(&accept, &mut out);
+                            let mut refusal = None;
                             let endpoint = match to {
                                 UpgradeTo::Echo => Endpoint::Echo,
                                 UpgradeTo::Topic(name) => self.subscribe(index, name),
+                                UpgradeTo::Pusher {
+                                    path,
+                                    query,
+                                    origin,
+                                } => match self.pusher_admit(index, path, query, origin) {
+                                    Ok(pc) => Endpoint::Pusher(pc),
+                                    Err(code) => {
+                                        refusal = Some(code);
+                                        Endpoint::Echo
+                                    }
+                                },
                             };
-                            HttpOutcome::Upgrade(endpoint, total, out)
+                            HttpOutcome::Upgrade(endpoint, total, out, refusal)
                         }
+                        Routed::Api {
+                            method,
+                            path,
+                            query,
+                            body,
+                        } => match self.api_request(index, method, path, query, body) {
+                            pusher::ApiAnswer::Now(status, body, allow) => {
+                                let mut headers = vec![("Content-Type", "application/json")];
+                                if let Some(allow) = allow {
+                                    headers.push(("Allow", allow));
+                                }
+                                if status == 503 {
+                                    headers.push(("Retry-After", "1"));
+                                }
+                                http::write_response(
+                                    status,
+                                    &headers,
+                                    body.as_bytes(),
+                                    keep_alive,
+                                    &mut out,
+                                );
+                                if keep_alive {
+                                    HttpOutcome::Next(total, out)
+                                } else {
+                                    HttpOutcome::Close(out)
+                                }
+                            }
+                            pusher::ApiAnswer::Later => HttpOutcome::Await(total, keep_alive),
+                        },
                         Routed::Publish { topic, body } => {
                             let (status, body) = match self.publish_http(topic, body) {
                                 Ok(()) => (202, &b"{\"ok\":true}"[..]),
@@ -621,11 +733,27 @@ impl State {
                     self.close_after_flush(index);
                     return input.len();
                 }
-                HttpOutcome::Upgrade(endpoint, total, out) => {
+                HttpOutcome::Await(total, keep_alive) => {
+                    pos += total;
+                    self.stats.http_requests += 1;
+                    if let Phase::Http(h) = &mut self.conns[index as usize].phase {
+                        h.awaiting_body = false;
+                        h.awaiting_reply = true;
+                        h.reply_keep_alive = keep_alive;
+                    }
+                    // The hub answers within a turn or two; a lost answer closes the connection.
+                    let at = self
+                        .now
+                        .wrapping_add(ms_to_ticks(self.limits.http_body_timeout_ms));
+                    self.set_deadline_exact(index, at);
+                    return pos;
+                }
+                HttpOutcome::Upgrade(endpoint, total, out, refusal) => {
                     pos += total;
                     self.stats.handshakes += 1;
                     self.stats.websockets += 1;
                     self.queue_control(index, Bytes::from(out));
+                    let pusher = matches!(endpoint, Endpoint::Pusher(_));
                     let conn = &mut self.conns[index as usize];
                     conn.phase = Phase::WebSocket(WebSocket {
                         decoder: Default::default(),
@@ -634,10 +762,20 @@ impl State {
                         close_received: false,
                         ping_outstanding: false,
                     });
-                    let at = self.now.wrapping_add(ms_to_ticks(self.limits.idle_ping_ms));
-                    self.set_deadline_exact(index, at);
+                    if let Some(code) = refusal {
+                        self.pusher_refuse(index, code);
+                        return input.len();
+                    }
+                    if pusher {
+                        self.pusher_opened(index);
+                    } else {
+                        let at = self.now.wrapping_add(ms_to_ticks(self.limits.idle_ping_ms));
+                        self.set_deadline_exact(index, at);
+                    }
                     // Bytes after the request in the same read are the first frames.
-                    self.on_ws_bytes(index, &mut input[pos..]);
+                    if !self.conns[index as usize].has(flag::READ_DONE) {
+                        self.on_ws_bytes(index, &mut input[pos..]);
+                    }
                     return input.len();
                 }
             }
@@ -673,6 +811,7 @@ impl State {
         let limits = self.limits.decoder();
         let allow_publish = self.config.allow_client_publish;
         let mut to_publish: Vec<Bytes> = Vec::new();
+        let mut pusher_texts: Vec<String> = Vec::new();
         let conn = &mut self.conns[index as usize];
         let Conn {
             phase,
@@ -703,7 +842,16 @@ impl State {
                 WsEvent::Text(p) | WsEvent::Binary(p) if !ws.close_sent => {
                     self.stats.messages_in += 1;
                     let opcode = if text { Opcode::Text } else { Opcode::Binary };
-                    match ws.endpoint {
+                    match &ws.endpoint {
+                        Endpoint::Pusher(_) if text => {
+                            // The decoder validated the UTF-8 of a text message.
+                            pusher_texts.push(String::from_utf8_lossy(p).into_owned());
+                        }
+                        Endpoint::Pusher(_) => {
+                            // Pusher protocol messages are JSON text; binary is refused.
+                            self.stats.protocol_errors += 1;
+                            failure = Some(close::UNSUPPORTED_DATA);
+                        }
                         Endpoint::Echo => {
                             let mut out = Vec::with_capacity(p.len() + frame::MAX_HEADER_BYTES);
                             frame::encode_frame(opcode, p, &mut out);
@@ -765,12 +913,17 @@ impl State {
             Endpoint::Topic { id, .. } if !to_publish.is_empty() => Some(id),
             _ => None,
         };
+
         if close_after {
             *flags |= flag::READ_DONE;
         }
+        if !pusher_texts.is_empty() {
+            self.pusher_texts(index, pusher_texts);
+        }
         if let Some(id) = publish_to {
+            let me = Some((self.id as u16, self.conn_key(index)));
             for frame in to_publish {
-                if self.publish(id, frame, Some(index)).is_err() {
+                if self.publish(id, frame, me).is_err() {
                     // RFC 6455 §7.4.1 1013: try again later; the publisher learns its messages
                     // were not all taken, instead of losing them silently.
                     self.send_close(index, 1013);
@@ -800,27 +953,45 @@ impl State {
         let name = Arc::clone(&self.topics.topic(id).name);
         let gone = self.topics.unsubscribe(id, slot, index);
         if let Some((moved, slot)) = gone.moved {
-            self.set_topic_slot(moved, slot);
+            self.set_topic_slot(moved, id, slot);
         }
         if gone.last_local {
             self.mesh.announce_interest(&name, false);
         }
     }
 
-    fn set_topic_slot(&mut self, index: u32, slot: u32) {
-        if let Some(Conn {
+    /// Connection `index` now sits at `slot` in topic `id`'s subscriber list.
+    fn set_topic_slot(&mut self, index: u32, id: TopicId, slot: u32) {
+        let Some(Conn {
             phase: Phase::WebSocket(ws),
             ..
         }) = self.conns.get_mut(index as usize)
-            && let Endpoint::Topic { slot: s, .. } = &mut ws.endpoint
-        {
-            *s = slot;
+        else {
+            return;
+        };
+        match &mut ws.endpoint {
+            Endpoint::Topic { slot: s, .. } => *s = slot,
+            Endpoint::Pusher(pc) => {
+                if let Some(entry) = pc.subs.iter_mut().find(|(t, _)| *t == id) {
+                    entry.1 = slot;
+                }
+            }
+            Endpoint::Echo => {}
+        }
+    }
+
+    /// The key of a live connection.
+    fn conn_key(&self, index: u32) -> ConnKey {
+        ConnKey {
+            index,
+            generation: self.conns[index as usize].generation,
         }
     }
 
     /// `POST /topics/{name}`: the body becomes one frame (text when it is UTF-8), encoded once.
     fn publish_http(&mut self, name: &str, body: &[u8]) -> Result<(), MeshFull> {
         self.stats.http_publishes += 1;
+        self.catch_up();
         let Some(id) = self.topics.lookup(name) else {
             // Nobody subscribes to it on any shard this shard knows of.
             return Ok(());
@@ -837,30 +1008,70 @@ impl State {
 
     /// Sends an encoded frame to every subscriber of `id`: one ring message to each other shard
     /// with subscribers, and a fan-out job here. All or nothing: when a ring is full nothing is
-    /// sent and the caller reports it.
-    fn publish(&mut self, id: TopicId, frame: Bytes, exclude: Option<u32>) -> Result<(), MeshFull> {
+    /// sent and the caller reports it. `exclude` (shard, connection) does not get it.
+    fn publish(
+        &mut self,
+        id: TopicId,
+        frame: Bytes,
+        exclude: Option<(u16, ConnKey)>,
+    ) -> Result<(), MeshFull> {
+        let name = Arc::clone(&self.topics.topic(id).name);
+        self.catch_up();
+        let Some(id) = self.topics.lookup(&name) else {
+            return Ok(());
+        };
         let topic = self.topics.topic(id);
         if !self.mesh.has_room(topic.remote_shards()) {
             self.stats.mesh_full += 1;
             return Err(MeshFull);
         }
         self.stats.publishes += 1;
-        let name = Arc::clone(&topic.name);
         let remote: Vec<usize> = topic.remote_shards().collect();
         let local = topic.live > 0;
         for dest in remote {
-            self.mesh.publish(dest, Arc::clone(&name), frame.clone());
+            let exclude = exclude
+                .filter(|(shard, _)| *shard as usize == dest)
+                .map(|(_, key)| key);
+            self.mesh
+                .publish(dest, Arc::clone(&name), frame.clone(), exclude);
         }
         if local {
-            self.topics.begin_fanout(id);
-            self.fanout.push_back(FanoutJob {
-                topic: id,
-                frame: Rc::new(frame),
-                cursor: 0,
-                exclude,
-            });
+            let exclude = exclude
+                .filter(|(shard, _)| *shard as usize == self.id)
+                .and_then(|(_, key)| self.live(key));
+            self.start_fanout(id, frame, exclude);
         }
         Ok(())
+    }
+
+    /// Takes what the other shards already sent before publishing: interest they announced
+    /// before answering a subscribe (so a publish that follows a subscription succeeded
+    /// elsewhere reaches it), and publishes made before this one (so one publisher's order
+    /// holds when its next request lands on another shard).
+    fn catch_up(&mut self) {
+        if self.mesh.has_inbound() {
+            self.drain_mesh();
+        }
+    }
+
+    fn start_fanout(&mut self, id: TopicId, frame: Bytes, exclude: Option<u32>) {
+        self.topics.begin_fanout(id);
+        self.fanout.push_back(FanoutJob {
+            topic: id,
+            frame: Rc::new(frame),
+            cursor: 0,
+            exclude,
+        });
+    }
+
+    /// Delivers a frame that came from elsewhere (another shard, the hub) to the local
+    /// subscribers of `topic`.
+    fn fanout_local(&mut self, topic: &str, frame: Bytes, exclude: Option<u32>) {
+        if let Some(id) = self.topics.lookup(topic)
+            && self.topics.topic(id).live > 0
+        {
+            self.start_fanout(id, frame, exclude);
+        }
     }
 
     /// Takes messages from the other shards: publishes become local fan-outs, interest
@@ -871,19 +1082,14 @@ impl State {
         self.mesh.drain(max, |_, m| msgs.push(m));
         for m in msgs {
             match m {
-                MeshMsg::Publish { topic, frame } => {
+                MeshMsg::Publish {
+                    topic,
+                    frame,
+                    exclude,
+                } => {
                     self.stats.mesh_in += 1;
-                    if let Some(id) = self.topics.lookup(&topic)
-                        && self.topics.topic(id).live > 0
-                    {
-                        self.topics.begin_fanout(id);
-                        self.fanout.push_back(FanoutJob {
-                            topic: id,
-                            frame: Rc::new(frame),
-                            cursor: 0,
-                            exclude: None,
-                        });
-                    }
+                    let exclude = exclude.and_then(|key| self.live(key));
+                    self.fanout_local(&topic, frame, exclude);
                 }
                 MeshMsg::Interest { topic, from, on } => self.topics.set_remote(&topic, from, on),
             }
@@ -936,7 +1142,7 @@ impl State {
                 for _ in 0..run {
                     let job = self.fanout.pop_front().unwrap_or_else(|| unreachable!());
                     for (index, slot) in self.topics.end_fanout(job.topic) {
-                        self.set_topic_slot(index, slot);
+                        self.set_topic_slot(index, job.topic, slot);
                     }
                 }
             } else {
@@ -977,6 +1183,11 @@ impl State {
                 let _ = driver.wake(fd.as_raw_fd());
             }
         });
+        if self.hub.take_pushed()
+            && let Some(fd) = self.shared.hub_waker.get()
+        {
+            let _ = driver.wake(fd.as_raw_fd());
+        }
     }
 
     /// Queues protocol output that is small and bounded by construction (HTTP answers, control
@@ -1089,8 +1300,16 @@ impl State {
             self.stats.timeouts += 1;
             self.abort(index);
         } else if draining {
+            let pusher = matches!(ws.endpoint, Endpoint::Pusher(_));
             conn.clear(flag::DRAINING);
-            self.send_close(index, close::GOING_AWAY);
+            if pusher {
+                self.pusher_shutdown(index);
+            } else {
+                self.send_close(index, close::GOING_AWAY);
+            }
+        } else if matches!(ws.endpoint, Endpoint::Pusher(_)) {
+            // Pusher's own activity timeout and pong deadline replace the raw idle ping.
+            self.pusher_timeout(index);
         } else if ws.ping_outstanding {
             self.stats.pong_timeouts += 1;
             self.abort(index);
@@ -1110,6 +1329,11 @@ impl State {
 
     /// Starts the close handshake from our side with `code`.
     fn send_close(&mut self, index: u32, code: u16) {
+        self.send_close_reason(index, code, "");
+    }
+
+    /// Starts the close handshake from our side with `code` and `reason` (at most 123 bytes).
+    fn send_close_reason(&mut self, index: u32, code: u16, reason: &str) {
         let conn = &mut self.conns[index as usize];
         if let Phase::WebSocket(ws) = &mut conn.phase {
             if ws.close_sent {
@@ -1117,10 +1341,68 @@ impl State {
             }
             ws.close_sent = true;
         }
-        let mut out = Vec::with_capacity(4);
-        frame::encode_close(code, "", &mut out);
+        let mut out = Vec::with_capacity(4 + reason.len());
+        frame::encode_close(code, reason, &mut out);
         self.queue_control(index, Bytes::from(out));
         self.close_after_flush(index);
+    }
+
+    /// Queues a text frame to a WebSocket connection (protocol output, bounded by construction).
+    fn queue_text(&mut self, index: u32, text: &str) {
+        let Some(Conn {
+            phase: Phase::WebSocket(ws),
+            ..
+        }) = self.conns.get(index as usize)
+        else {
+            return;
+        };
+        if ws.close_sent {
+            return;
+        }
+        let mut out = Vec::with_capacity(text.len() + frame::MAX_HEADER_BYTES);
+        frame::encode_frame(Opcode::Text, text.as_bytes(), &mut out);
+        self.queue_control(index, Bytes::from(out));
+    }
+
+    /// The hub's answer to an HTTP API request this connection is waiting on; then the
+    /// requests that arrived meanwhile are served.
+    fn http_reply(&mut self, index: u32, status: u16, body: &str) {
+        let conn = &mut self.conns[index as usize];
+        let shut = conn.has(flag::SHUTDOWN);
+        let Phase::Http(h) = &mut conn.phase else {
+            return;
+        };
+        if !h.awaiting_reply || shut {
+            return;
+        }
+        h.awaiting_reply = false;
+        let keep_alive = h.reply_keep_alive && self.drain_deadline.is_none();
+        let pending = h.pending.take();
+        let mut out = Vec::with_capacity(160 + body.len());
+        http::write_response(
+            status,
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+            keep_alive,
+            &mut out,
+        );
+        self.queue_control(index, Bytes::from(out));
+        if !keep_alive {
+            if let Some(p) = pending {
+                self.held_bytes = self.held_bytes.saturating_sub(p.len() as u64);
+            }
+            self.close_after_flush(index);
+            return;
+        }
+        let idle = self
+            .now
+            .wrapping_add(ms_to_ticks(self.limits.http_idle_timeout_ms));
+        self.set_deadline_exact(index, idle);
+        if let Some(mut pending) = pending {
+            self.held_bytes = self.held_bytes.saturating_sub(pending.len() as u64);
+            let consumed = self.on_http_bytes(index, &mut pending);
+            self.keep_pending(index, &pending[consumed..]);
+        }
     }
 
     /// Memory the budget covers: queued outbound data as the send queues hold it (a shared
@@ -1156,7 +1438,17 @@ impl State {
                 break;
             }
             self.stats.budget_closes += 1;
-            self.abort(index);
+            let conn = &mut self.conns[index as usize];
+            let pusher = matches!(&conn.phase, Phase::WebSocket(ws) if !ws.close_sent && matches!(ws.endpoint, Endpoint::Pusher(_)));
+            if pusher {
+                // Pusher clients get 4100 (over capacity: reconnect after a pause) rather than
+                // a reset; the queue is dropped all the same, so the memory is freed now.
+                let dropped = self.sendq.clear_unstarted(&mut conn.outq);
+                conn.outq_bytes = conn.outq_bytes.saturating_sub(dropped as u32);
+                self.send_close_reason(index, 4100, "Over capacity");
+            } else {
+                self.abort(index);
+            }
         }
         tracing::warn!(
             shard = self.id,
@@ -1200,7 +1492,13 @@ impl State {
                 self.stats.slow_consumer_closes += 1;
                 let dropped = self.sendq.clear_unstarted(&mut conn.outq);
                 conn.outq_bytes = conn.outq_bytes.saturating_sub(dropped as u32);
-                self.send_close(index, close::POLICY_VIOLATION);
+                // Pusher clients treat 4100 (over capacity) as "reconnect after a pause".
+                let pusher = matches!(&conn.phase, Phase::WebSocket(ws) if matches!(ws.endpoint, Endpoint::Pusher(_)));
+                if pusher {
+                    self.send_close_reason(index, 4100, "Over capacity");
+                } else {
+                    self.send_close(index, close::POLICY_VIOLATION);
+                }
                 continue;
             }
             if !conn.outq.is_empty() && !conn.has(flag::SEND_INFLIGHT) {
@@ -1261,8 +1559,15 @@ enum HttpOutcome {
     Next(usize, Vec<u8>),
     /// Answer, then close.
     Close(Vec<u8>),
-    /// Switch to WebSocket after `usize` bytes.
-    Upgrade(Endpoint, usize, Vec<u8>),
+    /// Switch to WebSocket after `usize` bytes; a Pusher refusal is sent right after.
+    Upgrade(
+        Endpoint,
+        usize,
+        Vec<u8>,
+        Option<crate::pusher::protocol::ErrorCode>,
+    ),
+    /// `usize` bytes consumed; the hub answers later; keep-alive after that answer.
+    Await(usize, bool),
 }
 
 fn push_unlimited(

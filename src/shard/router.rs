@@ -7,14 +7,18 @@ use crate::broker::{TOPIC_NAME_BYTES_MAX, is_valid_topic_name};
 use crate::config::ServerConfig;
 use crate::proto::handshake::{self, Accept, HandshakeError};
 use crate::proto::http::RequestHead;
+use crate::shard::pusher::PusherConn;
 
 /// What a WebSocket connection is attached to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Endpoint {
     /// Every message comes back with its opcode.
     Echo,
     /// Subscribed to a topic; `slot` is its place in the topic's subscriber list.
     Topic { id: TopicId, slot: u32 },
+    /// A Pusher protocol connection (`/app/{key}`); its state lives out of line, so idle raw
+    /// connections do not pay for it.
+    Pusher(Box<PusherConn>),
 }
 
 /// Where an accepted upgrade goes.
@@ -22,6 +26,12 @@ pub enum Endpoint {
 pub enum UpgradeTo<'a> {
     Echo,
     Topic(&'a str),
+    /// `/app/{key}?protocol=7...`: the path, the query and the `Origin` header.
+    Pusher {
+        path: &'a str,
+        query: &'a str,
+        origin: Option<&'a str>,
+    },
 }
 
 /// The answer to one request.
@@ -32,6 +42,13 @@ pub enum Routed<'a> {
     Reject(HandshakeError),
     /// Publish `body` to `topic` (authorised and within limits); the shard answers 202 or 503.
     Publish { topic: &'a str, body: &'a [u8] },
+    /// A Pusher HTTP API request (`/apps/...`); the shard authenticates and serves it.
+    Api {
+        method: &'a str,
+        path: &'a str,
+        query: &'a str,
+        body: &'a [u8],
+    },
     /// A plain HTTP response.
     Respond(Response),
 }
@@ -76,6 +93,17 @@ pub fn route<'a>(
     if path == "/echo" && config.echo {
         return upgrade(head, UpgradeTo::Echo);
     }
+    if path.starts_with("/app/") {
+        return pusher_upgrade(head, config);
+    }
+    if path.starts_with("/apps/") {
+        return Routed::Api {
+            method: head.method,
+            path,
+            query: head.query.unwrap_or(""),
+            body,
+        };
+    }
     if let Some(name) = path.strip_prefix("/topics/") {
         if !is_valid_topic_name(name) {
             return respond(
@@ -92,6 +120,34 @@ pub fn route<'a>(
         };
     }
     respond(404, TEXT, b"not found")
+}
+
+/// `/app/{key}`: the Pusher endpoint. Pusher reports its refusals (unknown app, bad version)
+/// after the handshake, as close codes, so only a browser from an origin the app does not allow
+/// is refused here (403, before the upgrade).
+fn pusher_upgrade<'a>(head: &RequestHead<'_, 'a>, config: &ServerConfig) -> Routed<'a> {
+    let origin = head
+        .header("origin")
+        .and_then(|o| std::str::from_utf8(o).ok());
+    let key = head.path["/app/".len()..].trim_end_matches('/');
+    if let Some(app) = config.apps.by_key(key)
+        && !app.allows_origin(origin)
+    {
+        return respond(
+            403,
+            JSON,
+            b"{\"error\":\"this Origin is not in the app's allowed_origins\"}",
+        );
+    }
+    let query = head.query.unwrap_or("");
+    upgrade(
+        head,
+        UpgradeTo::Pusher {
+            path: head.path,
+            query,
+            origin,
+        },
+    )
 }
 
 fn upgrade<'a>(head: &RequestHead<'_, 'a>, to: UpgradeTo<'a>) -> Routed<'a> {
@@ -176,6 +232,10 @@ mod tests {
             io: crate::driver::IoMode::Auto,
             allow_client_publish: false,
             publish_token: token.map(String::from),
+            apps: std::sync::Arc::new(
+                crate::pusher::app::Apps::new(vec![crate::pusher::app::App::default_dev()])
+                    .unwrap(),
+            ),
             limits: Limits {
                 message_bytes_max: 8,
                 ..Limits::default()
@@ -192,6 +252,7 @@ mod tests {
         match route(&head, body, cfg, false) {
             Routed::Respond(r) => r.status,
             Routed::Publish { .. } => 202,
+            Routed::Api { .. } => 200,
             Routed::Upgrade(..) => 101,
             Routed::Reject(e) => e.status(),
         }

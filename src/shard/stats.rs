@@ -48,6 +48,22 @@ macro_rules! counters {
 counters! {
     /// Connections open now (including those being refused).
     connections,
+    /// Pusher connections admitted to an app (`/app/{key}`) since start.
+    pusher_connections,
+    /// Pusher connections refused after the handshake (close 4001-4009).
+    pusher_refused,
+    /// Pusher client events relayed.
+    pusher_client_events,
+    /// Pusher events published through the HTTP API (one per channel).
+    pusher_events,
+    /// Pusher connections closed by `terminate_connections`.
+    pusher_terminated,
+    /// Pusher subscriptions refused by an app's `max_channels`.
+    pusher_channel_limit,
+    /// Pusher HTTP API requests.
+    api_requests,
+    /// Pusher HTTP API requests refused (bad signature, malformed, over a limit).
+    api_refused,
     /// Upgraded WebSocket connections open now.
     websockets,
     /// Connections accepted since start.
