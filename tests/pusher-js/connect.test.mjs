@@ -128,3 +128,18 @@ describe('connect and subscribe', () => {
         assert.equal(c.errors.items.length, 0, `errors: ${JSON.stringify(c.errors.items)}`);
     });
 });
+
+describe('graceful shutdown', () => {
+    const suite = serverForSuite();
+
+    it('closes pusher-js with 4200 on SIGTERM, which pusher-js answers by reconnecting at once', async () => {
+        const c = await connectedClient(suite.server);
+        await subscribe(c, 'until-shutdown');
+        process.kill(suite.server.pid, 'SIGTERM');
+        await c.errors.waitFor((e) => errorCode(e) === 4200, 'an error with code 4200', 10000);
+        await c.states.waitFor((s) => s === 'connecting', 'pusher-js reconnecting after 4200');
+        assert.equal(c.errors.matching((e) => errorCode(e) === 4009).length, 0, 'never 4009 on shutdown');
+        const { code } = await within(suite.server.exited, 'ringcast to exit after SIGTERM', 15000);
+        assert.equal(code, 0, 'a drained server exits 0');
+    });
+});

@@ -4,12 +4,16 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import {
+    APP,
+    QUIET_MS,
     connectedClient,
     disconnect,
+    errorCode,
     isEvent,
     sdk,
     sdkGet,
     serverForSuite,
+    sleep,
     subscribe,
 } from './harness.mjs';
 
@@ -157,5 +161,21 @@ describe('client events on an app that disables them', () => {
         await receiver.inbox.assertCountAfterQuiet(isEvent('client-psst'), 0, 'client-psst on an app without client events');
         await signer.trigger('private-quiet', 'server-said', {});
         await receiver.inbox.waitFor(isEvent('server-said'), 'server-said (server events still flow)');
+    });
+});
+
+describe('client event rate limit', () => {
+    const suite = serverForSuite({ apps: [{ ...APP, client_event_rate_per_s: 2 }] });
+
+    it('answers a burst over client_event_rate_per_s with a 4301 error and stays connected', async () => {
+        const sender = await connectedClient(suite.server, { label: 'sender' });
+        const receiver = await connectedClient(suite.server, { label: 'receiver' });
+        const [sent] = await Promise.all([subscribe(sender, 'private-burst'), subscribe(receiver, 'private-burst')]);
+        for (let i = 0; i < 8; i++) sent.trigger('client-burst', { i });
+        await sender.errors.waitFor((e) => errorCode(e) === 4301, 'an error with code 4301');
+        await sleep(QUIET_MS);
+        const delivered = receiver.inbox.matching(isEvent('client-burst')).length;
+        assert.ok(delivered >= 1 && delivered < 8, `${delivered} of 8 client events were delivered at 2/s`);
+        assert.equal(sender.pusher.connection.state, 'connected', 'a rate-limited client is not closed');
     });
 });

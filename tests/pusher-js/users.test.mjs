@@ -4,8 +4,10 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
 import {
+    Inbox,
     QUIET_MS,
     connectedClient,
+    disconnect,
     errorCode,
     isEvent,
     sdk,
@@ -15,9 +17,14 @@ import {
     within,
 } from './harness.mjs';
 
-/** A connected client signed in as `id`; resolves once pusher-js has `user_data`. */
-async function signedIn(server, id, options = {}) {
-    const c = await connectedClient(server, { user: { id, user_info: { name: `user ${id}` } }, label: `user ${id}`, ...options });
+/**
+ * A connected client signed in as `id` (user data `{ id, user_info, ...more }`); resolves once
+ * pusher-js has `user_data`. `before(c)` runs between connecting and `signin()`.
+ */
+async function signedIn(server, id, { more = {}, before = () => {}, ...options } = {}) {
+    const user = { id, user_info: { name: `user ${id}` }, ...more };
+    const c = await connectedClient(server, { user, label: `user ${id}`, ...options });
+    before(c);
     c.pusher.signin();
     await c.inbox.waitFor(isEvent('pusher:signin_success'), 'pusher:signin_success');
     await within(c.pusher.user.signinDonePromise, 'signinDonePromise');
@@ -76,6 +83,38 @@ describe('user sign-in', () => {
         await c.errors.waitFor((e) => errorCode(e) === 4009, 'an error with code 4009');
         await sleep(QUIET_MS);
         assert.equal(c.inbox.matching(isEvent('pusher:signin_success')).length, 0);
+    });
+});
+
+describe('watchlist', () => {
+    const suite = serverForSuite();
+
+    it('tells a watcher when watched users are, come and go online, once per user', async () => {
+        const watching = (e) => e.user_ids;
+        const already = await signedIn(suite.server, 'wl-early');
+        const events = new Inbox('watchlist events');
+        await signedIn(suite.server, 'wl-watcher', {
+            more: { watchlist: ['wl-early', 'wl-late'] },
+            before: (c) => {
+                c.pusher.user.watchlist.bind('online', (e) => events.push({ name: 'online', ids: watching(e) }));
+                c.pusher.user.watchlist.bind('offline', (e) => events.push({ name: 'offline', ids: watching(e) }));
+            },
+        });
+        const has = (name, id) => (e) => e.name === name && e.ids.includes(id);
+        await events.waitFor(has('online', 'wl-early'), 'online for wl-early (already signed in)');
+
+        const late = await Promise.all([1, 2].map(() => signedIn(suite.server, 'wl-late')));
+        await events.waitFor(has('online', 'wl-late'), 'online for wl-late');
+        await events.assertCountAfterQuiet(has('online', 'wl-late'), 1, 'online for wl-late (two sockets)');
+
+        // The state sent at sign-in may already have said "offline" for wl-late: count from here.
+        const offlineBefore = events.matching(has('offline', 'wl-late')).length;
+        await disconnect(late[0]);
+        await events.assertCountAfterQuiet(has('offline', 'wl-late'), offlineBefore, 'offline while wl-late has a socket');
+        await disconnect(late[1]);
+        await events.waitForCount(has('offline', 'wl-late'), offlineBefore + 1, 'offline for wl-late');
+        await disconnect(already);
+        await events.waitFor(has('offline', 'wl-early'), 'offline for wl-early');
     });
 });
 
