@@ -21,7 +21,11 @@ import {
 
 describe('connect and subscribe', () => {
     const suite = serverForSuite({
-        apps: [APP, { id: 'off-id', key: 'off-key', secret: 'off-secret', enabled: false }],
+        apps: [
+            APP,
+            { id: 'off-id', key: 'off-key', secret: 'off-secret', enabled: false },
+            { id: 'small-id', key: 'small-key', secret: 'small-secret', max_connections: 2 },
+        ],
     });
 
     it('connects and gets a socket_id of the form digits.digits', async () => {
@@ -60,6 +64,16 @@ describe('connect and subscribe', () => {
         await c.errors.waitFor((e) => errorCode(e) === 4003, 'an error with code 4003');
         await sleep(QUIET_MS);
         assert.equal(c.states.matching((s) => s === 'connected').length, 0);
+    });
+
+    it('refuses a connection over the app quota (max_connections) with 4004', async () => {
+        const signer = sdk(suite.server, { appId: 'small-id', key: 'small-key', secret: 'small-secret' });
+        await connectedClient(suite.server, { key: 'small-key', signer });
+        await connectedClient(suite.server, { key: 'small-key', signer });
+        const third = client(suite.server, { key: 'small-key', signer, label: 'third of 2' });
+        await third.errors.waitFor((e) => errorCode(e) === 4004, 'an error with code 4004');
+        await sleep(QUIET_MS);
+        assert.equal(third.states.matching((s) => s === 'connected').length, 0);
     });
 
     it('subscribes to a public channel and receives its events', async () => {
@@ -141,5 +155,23 @@ describe('graceful shutdown', () => {
         assert.equal(c.errors.matching((e) => errorCode(e) === 4009).length, 0, 'never 4009 on shutdown');
         const { code } = await within(suite.server.exited, 'ringcast to exit after SIGTERM', 15000);
         assert.equal(code, 0, 'a drained server exits 0');
+    });
+});
+
+describe('activity timeout', () => {
+    const suite = serverForSuite({ apps: [{ ...APP, activity_timeout_s: 1 }] });
+
+    it('keeps an idle pusher-js connection alive with pusher:ping/pong at activity_timeout 1 s', async () => {
+        // pusher-js pings after min(its own, the server's activity_timeout) of silence and
+        // reconnects if no pusher:pong comes within pongTimeout.
+        const c = await connectedClient(suite.server, { pusherOptions: { pongTimeout: 1500 } });
+        const socketId = c.socketId();
+        await sleep(4000);
+        const keepalive = c.inbox.matching((m) => m.event === 'pusher:ping' || m.event === 'pusher:pong');
+        assert.ok(keepalive.length >= 1, 'no pusher:ping or pusher:pong in 4 s at activity_timeout 1 s');
+        assert.equal(c.pusher.connection.state, 'connected');
+        assert.equal(c.socketId(), socketId, 'pusher-js reconnected: a pong was missing');
+        assert.deepEqual(c.states.items, ['connected'], 'states after the first connect');
+        assert.equal(c.errors.items.length, 0, `errors: ${JSON.stringify(c.errors.items)}`);
     });
 });

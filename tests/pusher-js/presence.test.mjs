@@ -179,3 +179,21 @@ describe('client event rate limit', () => {
         assert.equal(sender.pusher.connection.state, 'connected', 'a rate-limited client is not closed');
     });
 });
+
+describe('presence limits', () => {
+    const tiny = { id: 'tiny-id', key: 'tiny-key', secret: 'tiny-secret', max_presence_members: 2 };
+    const suite = serverForSuite({ apps: [tiny] });
+
+    it('refuses a user over max_presence_members with subscription_error, not a second socket of a member', async () => {
+        const signer = sdk(suite.server, { appId: tiny.id, key: tiny.key, secret: tiny.secret });
+        const join = async (user_id) => {
+            const c = await connectedClient(suite.server, { key: tiny.key, signer, presence: member(user_id, user_id) });
+            return subscribe(c, 'presence-full');
+        };
+        await join('a');
+        await join('b');
+        await assert.rejects(join('c'), /subscription_error on presence-full/);
+        const again = await join('b');
+        assert.equal(again.members.count, 2);
+    });
+});
