@@ -824,3 +824,30 @@ async fn webhooks_fire_once_per_transition_over_all_shards() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn over_the_server_connection_limit_pusher_clients_get_4100() {
+    within(TEST_TIMEOUT, async {
+        let server = Server::start(
+            common::IoMode::from_env(),
+            &["--shards", "1", "--max-connections", "1"],
+        )
+        .await;
+        let _first = Client::connect(server.addr).await;
+        let (ws, _) = connect_async(format!("ws://{}/app/{KEY}?protocol=7", server.addr))
+            .await
+            .expect("the upgrade completes so the refusal speaks Pusher");
+        let mut second = Client {
+            ws,
+            socket_id: String::new(),
+        };
+        let err = second.expect("pusher:error").await;
+        assert_eq!(err["data"]["code"], 4100);
+        assert_eq!(second.close_code().await, 4100);
+        // Anything else over the limit still gets 503.
+        let mut raw = common::RawConn::connect(server.addr).await;
+        raw.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(raw.read_response_head().await.status, 503);
+    })
+    .await;
+}
