@@ -112,10 +112,10 @@ macro_rules! limit_settings {
 limit_settings! {
     /// Connections the whole server holds at once.
     max_connections => connections_max: u32, "RINGCAST_MAX_CONNECTIONS", "connections",
-        "open-file limit minus a reserve", "503 before the upgrade, then close";
+        "open-file limit minus a reserve", "503 before the upgrade (a Pusher `/app/` upgrade: close 4100), then close";
     /// Connections one shard holds at once.
     max_connections_per_shard => connections_per_shard_max: u32, "RINGCAST_MAX_CONNECTIONS_PER_SHARD",
-        "connections", "max_connections / shards", "503 before the upgrade, then close";
+        "connections", "max_connections / shards", "503 before the upgrade (a Pusher `/app/` upgrade: close 4100), then close";
     /// Concurrent connections from one IP address, per shard (0 = off).
     max_connections_per_ip => connections_per_ip_max: u32, "RINGCAST_MAX_CONNECTIONS_PER_IP",
         "connections", "0 (off)", "429 before the upgrade, then close";

@@ -683,3 +683,171 @@ async fn channels_over_the_app_limit_are_refused_until_one_is_freed() {
     })
     .await;
 }
+
+/// A local webhook receiver: records every (path, body) and answers 200.
+struct HookReceiver {
+    addr: SocketAddr,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>,
+}
+
+impl HookReceiver {
+    async fn start() -> HookReceiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&seen);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let sink = std::sync::Arc::clone(&sink);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let mut chunk = [0u8; 4096];
+                        let Ok(n) = stream.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        // One request at a time: head, then Content-Length bytes.
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                            let len: usize = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .map_or(0, |v| v.trim().parse().unwrap());
+                            if buf.len() < end + 4 + len {
+                                break;
+                            }
+                            let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                            let body: Value =
+                                serde_json::from_slice(&buf[end + 4..end + 4 + len]).unwrap();
+                            buf.drain(..end + 4 + len);
+                            sink.lock().unwrap().push((path, body));
+                            let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+                            if stream.write_all(ok).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        HookReceiver { addr, seen }
+    }
+
+    /// Every event received so far as (name, channel), in arrival order.
+    fn events(&self) -> Vec<(String, String)> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|(_, body)| body["events"].as_array().cloned().unwrap_or_default())
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap_or("").to_owned(),
+                    e["channel"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    async fn wait_for(&self, name: &str, channel: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !self.events().iter().any(|(n, c)| n == name && c == channel) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {name} for {channel}: {:?}",
+                self.events()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn webhooks_fire_once_per_transition_over_all_shards() {
+    within(TEST_TIMEOUT, async {
+        let hooks = HookReceiver::start().await;
+        let config = app_config(&format!(
+            "enable_client_events = true\n[[apps.webhooks]]\nurl = \"http://{0}/hook\"\n\
+             [[apps.webhooks]]\nurl = \"http://{0}/occupied-only\"\n\
+             event_types = [\"channel_occupied\"]",
+            hooks.addr
+        ));
+        let server = server(&["--config", config.to_str().unwrap()]).await;
+        let path = "/app/k1?protocol=7";
+        let mut cs = Vec::new();
+        let mut shards = std::collections::HashSet::new();
+        while shards.len() < 2 || cs.len() < 4 {
+            let c = Client::connect_path(server.addr, path).await;
+            shards.insert(c.socket_id.split('.').next().unwrap().to_owned());
+            cs.push(c);
+            assert!(cs.len() < 64, "every connection on one shard");
+        }
+        for c in &mut cs {
+            c.subscribe("hooked").await;
+        }
+        hooks.wait_for("channel_occupied", "hooked").await;
+        cs[0].subscribe("cache-nothing").await;
+        hooks.wait_for("cache_miss", "cache-nothing").await;
+        drop(cs);
+        hooks.wait_for("channel_vacated", "hooked").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let count = |name: &str| {
+            hooks
+                .events()
+                .iter()
+                .filter(|(n, c)| n == name && c == "hooked")
+                .count()
+        };
+        // Each URL gets its own copy; the filtered one only what it asked for.
+        let at = |path: &str| {
+            let seen = hooks.seen.lock().unwrap();
+            let mut names: Vec<String> = seen
+                .iter()
+                .filter(|(p, _)| p == path)
+                .flat_map(|(_, b)| b["events"].as_array().cloned().unwrap_or_default())
+                .filter(|e| e["channel"] == "hooked")
+                .map(|e| e["name"].as_str().unwrap().to_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(at("/hook"), ["channel_occupied", "channel_vacated"]);
+        assert_eq!(at("/occupied-only"), ["channel_occupied"]);
+        assert_eq!(
+            (count("channel_occupied"), count("channel_vacated")),
+            (2, 1)
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn over_the_server_connection_limit_pusher_clients_get_4100() {
+    within(TEST_TIMEOUT, async {
+        let server = Server::start(
+            common::IoMode::from_env(),
+            &["--shards", "1", "--max-connections", "1"],
+        )
+        .await;
+        let _first = Client::connect(server.addr).await;
+        let (ws, _) = connect_async(format!("ws://{}/app/{KEY}?protocol=7", server.addr))
+            .await
+            .expect("the upgrade completes so the refusal speaks Pusher");
+        let mut second = Client {
+            ws,
+            socket_id: String::new(),
+        };
+        let err = second.expect("pusher:error").await;
+        assert_eq!(err["data"]["code"], 4100);
+        assert_eq!(second.close_code().await, 4100);
+        // Anything else over the limit still gets 503.
+        let mut raw = common::RawConn::connect(server.addr).await;
+        raw.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(raw.read_response_head().await.status, 503);
+    })
+    .await;
+}

@@ -32,6 +32,9 @@ pub mod flag {
     pub const REJECTING: u16 = 1 << 8;
     /// The server is draining: this connection's timer sends the going-away close.
     pub const DRAINING: u16 = 1 << 9;
+    /// REJECTING for capacity: its first request is read so that a Pusher client (`/app/`)
+    /// is told 4100 (over capacity) in its own protocol; anything else gets the 503.
+    pub const OVER_CAPACITY: u16 = 1 << 10;
 }
 
 /// HTTP/1.1 state before an upgrade (and for plain requests).

@@ -470,7 +470,17 @@ impl State {
             let index = self.insert(fd);
             self.conns[index as usize].set(flag::REJECTING);
             self.rejecting += 1;
-            self.respond_error(index, status);
+            if status == 503 && self.drain_deadline.is_none() {
+                // Read the request first (bounded by the handshake timeout): a Pusher client
+                // is refused in its own protocol (see `refuse_over_capacity`).
+                self.conns[index as usize].set(flag::OVER_CAPACITY);
+                let at = self
+                    .now
+                    .wrapping_add(ms_to_ticks(self.limits.handshake_timeout_ms));
+                self.set_deadline(index, at);
+            } else {
+                self.respond_error(index, status);
+            }
             return;
         }
         let index = self.insert(fd);
@@ -617,6 +627,10 @@ impl State {
                 Ok(None) => return pos,
                 Err(e) => {
                     self.respond_error(index, e.status());
+                    return input.len();
+                }
+                Ok(Some(head)) if self.conns[index as usize].has(flag::OVER_CAPACITY) => {
+                    self.refuse_over_capacity(index, &head);
                     return input.len();
                 }
                 Ok(Some(head)) => {
@@ -792,6 +806,33 @@ impl State {
             h.awaiting_body = true;
             self.set_deadline_exact(index, at);
         }
+    }
+
+    /// A connection accepted over the connection limit sent its request: a valid Pusher
+    /// upgrade is completed and closed with `pusher:error` 4100 (over capacity: pusher-js waits
+    /// and reconnects), anything else gets 503 with Retry-After.
+    fn refuse_over_capacity(&mut self, index: u32, head: &http::RequestHead<'_, '_>) {
+        let accept = head
+            .path
+            .starts_with("/app/")
+            .then(|| handshake::validate(head).ok())
+            .flatten();
+        let Some(accept) = accept else {
+            self.respond_error(index, 503);
+            return;
+        };
+        let mut out = Vec::with_capacity(160);
+        handshake::write_accept(&accept, &mut out);
+        self.queue_control(index, Bytes::from(out));
+        self.conns[index as usize].phase = Phase::WebSocket(WebSocket {
+            decoder: Default::default(),
+            endpoint: Endpoint::Echo,
+            close_sent: false,
+            close_received: false,
+            ping_outstanding: false,
+        });
+        self.stats.websockets += 1;
+        self.pusher_refuse(index, crate::pusher::protocol::ErrorCode::OverCapacity);
     }
 
     /// Answers with a bare status (a request that could not be parsed, a refusal), then closes.
