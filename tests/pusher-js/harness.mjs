@@ -425,16 +425,24 @@ export async function disconnect(c) {
  * `requests` holds `{ method, path, headers, body, valid }` (valid: the SDK's
  * `webhook(req).isValid()` with `app`'s key and secret); `events` holds each event of each body
  * as `{ path, valid, time_ms, ...event }`. `url(path)` is where the server should post.
+ * A test may set `refuse({ path, body })`: where it returns true the request is answered 500
+ * and recorded in `refused` only.
  */
 export async function webhookReceiver(app = APP) {
     const verifier = new PusherSdk({ appId: app.id, key: app.key, secret: app.secret });
     const requests = new Inbox('webhook requests');
     const events = new Inbox('webhook events');
+    const refused = new Inbox('refused webhook requests');
     const server = http.createServer((req, res) => {
         let rawBody = '';
         req.setEncoding('utf8');
         req.on('data', (chunk) => (rawBody += chunk));
         req.on('end', () => {
+            if (receiver.refuse({ path: req.url, body: rawBody })) {
+                res.writeHead(500, { 'content-type': 'text/plain' }).end('refused by the test');
+                refused.push({ path: req.url, body: rawBody });
+                return;
+            }
             res.writeHead(200, { 'content-type': 'text/plain' }).end('ok');
             let valid = false;
             let body = null;
@@ -458,6 +466,8 @@ export async function webhookReceiver(app = APP) {
     const receiver = {
         requests,
         events,
+        refused,
+        refuse: () => false,
         url: (p = '/webhook') => `http://127.0.0.1:${port}${p}`,
         close: () =>
             new Promise((resolve) => {

@@ -151,6 +151,23 @@ describe('HTTP API through the pusher SDK', () => {
         });
     });
 
+    describe('requests over the limits', () => {
+        it('rejects an event over max_event_payload_bytes (10 KiB) with 413', async () => {
+            const big = 'x'.repeat(11 * 1024);
+            await assert.rejects(within(suite.api.trigger('orders', 'big', big), 'trigger'), (e) => e.status === 413);
+        });
+
+        it('rejects a batch over max_event_batch_size (10) with 400', async () => {
+            const batch = Array.from({ length: 11 }, (_, i) => ({ channel: 'orders', name: `e${i}`, data: '{}' }));
+            await assert.rejects(within(suite.api.triggerBatch(batch), 'triggerBatch'), (e) => e.status === 400);
+        });
+
+        it('keeps serving after refused requests', async () => {
+            const ok = await within(suite.api.trigger('orders', 'after-refusals', {}), 'trigger');
+            assert.equal(ok.status, 200);
+        });
+    });
+
     describe('bad signatures', () => {
         it('rejects a trigger signed with the wrong secret with 401', async () => {
             const wrong = sdk(suite.server, { secret: 'wrong-secret' });

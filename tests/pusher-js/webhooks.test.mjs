@@ -36,6 +36,7 @@ describe('webhooks', () => {
                     webhooks: [
                         { url: receiver.url('/webhook') },
                         { url: receiver.url('/occupied-only'), event_types: ['channel_occupied'] },
+                        { url: receiver.url('/retry'), event_types: ['channel_occupied'] },
                     ],
                 },
             ],
@@ -142,5 +143,20 @@ describe('webhooks', () => {
             'events other than channel_occupied at /occupied-only',
             WEBHOOK_QUIET_MS,
         );
+    });
+
+    it('retries a webhook the receiver refused, and delivers it once', async () => {
+        let refusedOnce = false;
+        receiver.refuse = ({ path, body }) => {
+            if (refusedOnce || path !== '/retry' || !body.includes('"wh-retry"')) return false;
+            refusedOnce = true;
+            return true;
+        };
+        const c = await connectedClient(server);
+        await subscribe(c, 'wh-retry');
+        await receiver.refused.waitFor((r) => r.path === '/retry', 'the refused first attempt', WEBHOOK_WAIT_MS);
+        const retried = (e) => e.path === '/retry' && e.name === 'channel_occupied' && e.channel === 'wh-retry';
+        await receiver.events.waitFor(retried, 'the retried channel_occupied (first retry after about 1 s)', WEBHOOK_WAIT_MS);
+        await receiver.events.assertCountAfterQuiet(retried, 1, 'delivered channel_occupied', WEBHOOK_QUIET_MS);
     });
 });
