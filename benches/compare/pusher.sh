@@ -101,15 +101,10 @@ done
 taskset -cp "$LOAD_CPU" $$ >/dev/null
 
 # --- servers ---------------------------------------------------------------------------------
-SERVER_PID=
-PORT=
-NEXT_PORT=$PORT_BASE
-cleanup() {
-    if [ -n "$SERVER_PID" ]; then kill -KILL "$SERVER_PID" 2>/dev/null || true; fi
-}
-trap cleanup EXIT
+# shellcheck source=benches/compare/lib.sh
+. "$HERE/lib.sh"
 
-# Sets SERVER_CMD to server $1's command line on $PORT.
+# Sets SERVER_CMD to server $1's command line on $PORT (and SERVER_CWD).
 server_cmd() {
     case $1 in
     ringcast)
@@ -131,6 +126,9 @@ server_cmd() {
         # would refuse the publisher), metrics and OpenTelemetry off, client events on, per-app
         # limits above the workload. tokio sizes its worker pool from the CPU mask (one core
         # under taskset); TOKIO_WORKER_THREADS=1 says so explicitly.
+        # An empty directory of its own, so that no config/config.toml is picked up.
+        SERVER_CWD="$OUT/cwd.sockudo"
+        mkdir -p "$SERVER_CWD"
         SERVER_CMD=(env HOST=127.0.0.1 PORT="$PORT" DEBUG_MODE=false
             SOCKUDO_DEFAULT_APP_ID="$APP_ID" SOCKUDO_DEFAULT_APP_KEY="$APP_KEY"
             SOCKUDO_DEFAULT_APP_SECRET="$APP_SECRET" SOCKUDO_DEFAULT_APP_ENABLED=true
@@ -148,46 +146,6 @@ server_cmd() {
         ;;
     esac
 }
-
-# start_server NAME LOGFILE: sets SERVER_PID and PORT; fails if it does not listen within 10 s.
-# Sockudo runs in an empty directory of its own so that no config/config.toml is picked up.
-start_server() {
-    PORT=$NEXT_PORT
-    NEXT_PORT=$((NEXT_PORT + 1))
-    server_cmd "$1"
-    mkdir -p "$OUT/cwd.$1"
-    (cd "$OUT/cwd.$1" && exec taskset -c "$SERVER_CPU" "${SERVER_CMD[@]}") >"$2" 2>&1 &
-    SERVER_PID=$!
-    for _ in $(seq 100); do
-        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-            wait "$SERVER_PID" 2>/dev/null || true
-            SERVER_PID=
-            return 1
-        fi
-        if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-            sleep 0.3
-            return 0
-        fi
-        sleep 0.1
-    done
-    stop_server
-    return 1
-}
-
-stop_server() {
-    [ -n "$SERVER_PID" ] || return 0
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 100); do
-        kill -0 "$SERVER_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=
-}
-
-# utime + stime of a process, in seconds.
-cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f\n", ($12 + $13) / hz }' "/proc/$1/stat" 2>/dev/null || echo ""; }
 
 # What went wrong in a bench JSON report, in one line (empty: nothing).
 json_problems() {
@@ -212,12 +170,6 @@ if (Object.keys(r.publish_rejected || {}).length) p.push(`publish rejected ${JSO
 if (r.lost) p.push(`lost ${r.lost} of ${r.expected}`);
 console.log(p.join("; "));
 ' "$1" 2>/dev/null || echo "no JSON report"
-}
-
-write_meta() { # file key=value...
-    local f=$1
-    shift
-    printf '%s\n' "$@" >"$f"
 }
 
 # --- smoke run ---------------------------------------------------------------------------------
