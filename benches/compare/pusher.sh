@@ -125,7 +125,8 @@ server_cmd() {
         # HTTP API and WebSocket rate limiters off (their defaults, 100 API requests a minute,
         # would refuse the publisher), metrics and OpenTelemetry off, client events on, per-app
         # limits above the workload. tokio sizes its worker pool from the CPU mask (one core
-        # under taskset); TOKIO_WORKER_THREADS=1 says so explicitly.
+        # under taskset); TOKIO_WORKER_THREADS=1 says so explicitly. SHUTDOWN_GRACE_PERIOD=0 only
+        # makes it stop at once on SIGTERM (it waits 10 s by default).
         # An empty directory of its own, so that no config/config.toml is picked up.
         SERVER_CWD="$OUT/cwd.sockudo"
         mkdir -p "$SERVER_CWD"
@@ -141,7 +142,7 @@ server_cmd() {
             ADAPTER_DRIVER=local CACHE_DRIVER=memory QUEUE_DRIVER=memory APP_MANAGER_DRIVER=memory
             RATE_LIMITER_DRIVER=memory RATE_LIMITER_ENABLED=false
             METRICS_ENABLED=false SOCKUDO_OTEL_ENABLED=false
-            TOKIO_WORKER_THREADS=1
+            TOKIO_WORKER_THREADS=1 SHUTDOWN_GRACE_PERIOD=0
             "$SOCKUDO_BIN")
         ;;
     esac

@@ -9,7 +9,7 @@
 //! the publisher triggers the event `bench` through the signed HTTP API, and the message travels
 //! as the event's `data` string). The accounting is the same for both.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::io::{self, Read as _, Write as _};
 use std::net::TcpStream;
@@ -198,6 +198,12 @@ pub struct FanoutReport {
     pub publish_accepted: u64,
     /// HTTP publishes answered otherwise, by status code.
     pub publish_rejected: BTreeMap<u16, u64>,
+    /// HTTP connections the publisher opened: 1, unless the server closes connections after a
+    /// response (`Connection: close`), which turns pipelining into one request per connection.
+    pub publish_connections: u64,
+    /// HTTP requests sent again because a server closed their connection without answering them
+    /// (RFC 9112 §9.6: it must not have processed them).
+    pub publish_resent: u64,
     /// Why the publisher stopped early, if it did.
     pub publisher_error: Option<String>,
     /// First send to last send (to the last response for HTTP), microseconds.
@@ -370,7 +376,8 @@ pub fn run_fanout(args: &FanoutArgs) -> Result<FanoutReport, BenchError> {
         subscribers: args.subscribers,
         subscribed,
         // Pusher: upgraded but never subscribed counts as failed too.
-        subscribe_failed: total.connect.failed.total() + (total.connect.opened - subscribed),
+        subscribe_failed: total.connect.failed.total()
+            + total.connect.opened.saturating_sub(subscribed),
         subscribe_failures: total.connect.failed.clone(),
         pusher: pusher_counts,
         // The workers count connections that end during the connect phase too.
@@ -381,6 +388,8 @@ pub fn run_fanout(args: &FanoutArgs) -> Result<FanoutReport, BenchError> {
         published: sent.sent,
         publish_accepted: sent.accepted,
         publish_rejected: sent.rejected,
+        publish_connections: sent.connections,
+        publish_resent: sent.resent,
         publisher_error: sent.error,
         publish_us: publish_span.as_micros() as u64,
         expected,
@@ -481,6 +490,13 @@ impl FanoutReport {
             let _ = write!(s, " (2xx {}", self.publish_accepted);
             for (code, n) in &self.publish_rejected {
                 let _ = write!(s, ", status {code}: {n}");
+            }
+            if self.publish_connections > 1 || self.publish_resent > 0 {
+                let _ = write!(
+                    s,
+                    "; the server closed connections: {} connections, {} requests sent again",
+                    self.publish_connections, self.publish_resent
+                );
             }
             let _ = write!(s, ")");
         }
@@ -981,6 +997,10 @@ fn worker(shared: &Shared, index: u32, mut pool: Pool<Subscriber>) -> Tally {
 #[derive(Debug, Default)]
 struct Sent {
     sent: u64,
+    /// HTTP: requests sent again after a server closed their connection unanswered.
+    resent: u64,
+    /// HTTP: connections the publisher opened.
+    connections: u64,
     accepted: u64,
     rejected: BTreeMap<u16, u64>,
     first_send: Option<Instant>,
@@ -1121,25 +1141,41 @@ fn unix_now_s() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// A pipelining HTTP/1.1 publisher on one keep-alive connection.
+/// A pipelining HTTP/1.1 publisher: `--pipeline` requests in flight on one keep-alive
+/// connection. A server that answers with `Connection: close` gets one request per connection
+/// instead, on up to `--pipeline` connections at once, and the requests pipelined behind the
+/// closing response are sent again on new connections: RFC 9112 §9.6, a server that sends
+/// `close` "MUST NOT process any further requests received on that connection". Sockudo closes
+/// every HTTP API connection this way.
 struct HttpPublisher {
-    stream: TcpStream,
+    addr: std::net::SocketAddr,
+    connect_timeout: Duration,
     request: RequestKind,
+    conns: Vec<HttpConn>,
+    /// Requests that a closing connection left unanswered, oldest first: sent before new ones.
+    resend: VecDeque<Vec<u8>>,
+    /// Most requests on one connection: `--pipeline` until a server closes a connection after a
+    /// response, then 1.
+    per_conn_max: u32,
+    /// Most connections open at once: `--pipeline`.
+    conns_max: usize,
+}
+
+/// One publisher connection.
+struct HttpConn {
+    stream: TcpStream,
     out: Vec<u8>,
     /// INVARIANT: `out_sent_bytes <= out.len()`.
     out_sent_bytes: usize,
     input: Vec<u8>,
-    in_flight: u32,
+    /// Requests sent (or queued) and not answered yet, oldest first, kept for a resend.
+    pending: VecDeque<Vec<u8>>,
+    /// The server answered `Connection: close`: nothing more goes on this connection.
+    closing: bool,
 }
 
 impl HttpPublisher {
     fn connect(args: &FanoutArgs, target: &Target) -> io::Result<Self> {
-        let stream = TcpStream::connect_timeout(
-            &target.addr,
-            Duration::from_millis(args.handshake_timeout_ms),
-        )?;
-        stream.set_nodelay(true)?;
-        stream.set_nonblocking(true)?;
         let request = match args.protocol {
             Protocol::Raw => RequestKind::Topic {
                 head: format!(
@@ -1162,132 +1198,238 @@ impl HttpPublisher {
                 channel: args.topic.clone(),
             },
         };
-        Ok(Self {
-            stream,
+        let mut publisher = Self {
+            addr: target.addr,
+            connect_timeout: Duration::from_millis(args.handshake_timeout_ms),
             request,
+            conns: Vec::new(),
+            resend: VecDeque::new(),
+            per_conn_max: args.pipeline,
+            conns_max: args.pipeline as usize,
+        };
+        // The first connection now, so that a server that is not there fails before publishing.
+        let conn = publisher.open()?;
+        publisher.conns.push(conn);
+        Ok(publisher)
+    }
+
+    fn open(&self) -> io::Result<HttpConn> {
+        let stream = TcpStream::connect_timeout(&self.addr, self.connect_timeout)?;
+        stream.set_nodelay(true)?;
+        stream.set_nonblocking(true)?;
+        Ok(HttpConn {
+            stream,
             out: Vec::new(),
             out_sent_bytes: 0,
             input: Vec::new(),
-            in_flight: 0,
+            pending: VecDeque::new(),
+            closing: false,
         })
+    }
+
+    fn in_flight(&self) -> usize {
+        self.resend.len() + self.conns.iter().map(|c| c.pending.len()).sum::<usize>()
+    }
+
+    /// The first connection with room for one more request.
+    fn room(&self) -> Option<usize> {
+        self.conns
+            .iter()
+            .position(|c| !c.closing && (c.pending.len() as u32) < self.per_conn_max)
+    }
+
+    /// A connection with room for one more request, opened if needed (`None`: all full).
+    fn conn_with_room(&mut self, sent: &mut Sent) -> io::Result<Option<usize>> {
+        if let Some(index) = self.room() {
+            return Ok(Some(index));
+        }
+        if self.conns.len() >= self.conns_max {
+            return Ok(None);
+        }
+        let conn = self.open()?;
+        sent.connections += 1;
+        self.conns.push(conn);
+        Ok(Some(self.conns.len() - 1))
     }
 
     fn publish(&mut self, args: &FanoutArgs, sent: &mut Sent) -> Result<(), String> {
         let messages = u64::from(args.messages);
         let bytes = args.bytes as usize;
         let mut payload = Vec::with_capacity(bytes);
+        let mut request = Vec::new();
         let start = Instant::now();
         let mut progress_at = start;
+        sent.connections = 1;
         loop {
             let now = Instant::now();
             let now_s = unix_now_s();
             let mut wait = TICK_MAX;
-            while sent.sent < messages && self.in_flight < args.pipeline {
-                if let Some(due) = due(start, sent.sent, args.rate)
+            while self.in_flight() < args.pipeline as usize
+                && (!self.resend.is_empty() || sent.sent < messages)
+            {
+                if self.resend.is_empty()
+                    && let Some(due) = due(start, sent.sent, args.rate)
                     && due > now
                 {
                     wait = wait.min(due - now);
                     break;
                 }
-                payload::encode(sent.sent, now_ns(), bytes, &mut payload);
-                match &self.request {
-                    RequestKind::Topic { head } => {
-                        self.out.extend_from_slice(head);
-                        self.out.extend_from_slice(&payload);
-                    }
-                    RequestKind::Pusher {
-                        app,
-                        host_header,
-                        channel,
-                    } => {
-                        // A payload is ASCII (digits, then `x` padding), so always UTF-8.
-                        let data = std::str::from_utf8(&payload).unwrap_or_default();
-                        pusher::write_events_request(
-                            app,
-                            host_header,
-                            channel,
-                            data,
-                            now_s,
-                            &mut self.out,
-                        );
-                    }
+                let Some(index) = self
+                    .conn_with_room(sent)
+                    .map_err(|e| self.error("connect", sent, &e))?
+                else {
+                    break;
+                };
+                if let Some(again) = self.resend.pop_front() {
+                    request = again;
+                    sent.resent += 1;
+                } else {
+                    payload::encode(sent.sent, now_ns(), bytes, &mut payload);
+                    request.clear();
+                    self.write_request(&payload, now_s, &mut request);
+                    sent.first_send.get_or_insert(now);
+                    sent.sent += 1;
                 }
-                self.in_flight += 1;
-                sent.first_send.get_or_insert(now);
-                sent.sent += 1;
+                let conn = &mut self.conns[index];
+                conn.out.extend_from_slice(&request);
+                conn.pending.push_back(std::mem::take(&mut request));
             }
-            let before = (self.out_sent_bytes, self.in_flight);
-            self.flush().map_err(|e| self.error("send", sent, &e))?;
-            let answered = self
-                .read(sent)
-                .map_err(|e| self.error("receive", sent, &e))?;
+            let mut written = 0;
+            let mut answered = 0;
+            for index in 0..self.conns.len() {
+                written += self.conns[index]
+                    .flush()
+                    .map_err(|e| self.error("send", sent, &e))?;
+                let (n, closes) = self.conns[index]
+                    .read(sent)
+                    .map_err(|e| self.error("receive", sent, &e))?;
+                answered += n;
+                if closes {
+                    self.per_conn_max = 1;
+                }
+            }
+            // Connections the server is closing: their unanswered requests go again.
+            let mut index = 0;
+            while index < self.conns.len() {
+                if self.conns[index].closing {
+                    let conn = self.conns.swap_remove(index);
+                    self.resend.extend(conn.pending);
+                } else {
+                    index += 1;
+                }
+            }
             if answered > 0 {
                 sent.last_send = Some(Instant::now());
             }
-            if sent.sent == messages && self.in_flight == 0 {
+            if sent.sent == messages && self.in_flight() == 0 {
                 return Ok(());
             }
-            if answered > 0 || (self.out_sent_bytes, self.in_flight) != before {
+            if answered > 0 || written > 0 {
                 progress_at = now;
             }
             if now >= progress_at + PUBLISH_STALL_TIMEOUT {
                 return Err(format!(
                     "publisher stalled for {PUBLISH_STALL_TIMEOUT:?} with {} requests unanswered",
-                    self.in_flight
+                    self.in_flight()
                 ));
             }
-            let mut flags = PollFlags::IN;
-            if self.out_sent_bytes < self.out.len() {
-                flags |= PollFlags::OUT;
+            // Requests to send again go out at once where there is room for them.
+            let resend_now = !self.resend.is_empty()
+                && (self.room().is_some() || self.conns.len() < self.conns_max);
+            self.wait(if resend_now { Duration::ZERO } else { wait })?;
+        }
+    }
+
+    /// Appends one request for `payload` to `out`.
+    fn write_request(&self, payload: &[u8], now_s: u64, out: &mut Vec<u8>) {
+        match &self.request {
+            RequestKind::Topic { head } => {
+                out.extend_from_slice(head);
+                out.extend_from_slice(payload);
             }
-            let timespec = rustix::event::Timespec {
-                tv_sec: wait.as_secs() as _,
-                tv_nsec: wait.subsec_nanos() as _,
-            };
-            let mut fds = [PollFd::new(&self.stream, flags)];
-            match rustix::event::poll(&mut fds, Some(&timespec)) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(format!("poll failed: {e}")),
+            RequestKind::Pusher {
+                app,
+                host_header,
+                channel,
+            } => {
+                // A payload is ASCII (digits, then `x` padding), so always UTF-8.
+                let data = std::str::from_utf8(payload).unwrap_or_default();
+                pusher::write_events_request(app, host_header, channel, data, now_s, out);
             }
+        }
+    }
+
+    /// Waits up to `timeout` for any connection to become readable (or writable, with bytes
+    /// left to send).
+    fn wait(&self, timeout: Duration) -> Result<(), String> {
+        let mut fds: Vec<PollFd<'_>> = self
+            .conns
+            .iter()
+            .map(|c| {
+                let mut flags = PollFlags::IN;
+                if c.out_sent_bytes < c.out.len() {
+                    flags |= PollFlags::OUT;
+                }
+                PollFd::new(&c.stream, flags)
+            })
+            .collect();
+        let timespec = rustix::event::Timespec {
+            tv_sec: timeout.as_secs() as _,
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
+        match rustix::event::poll(&mut fds, Some(&timespec)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+            Err(e) => Err(format!("poll failed: {e}")),
         }
     }
 
     fn error(&self, what: &str, sent: &Sent, e: &io::Error) -> String {
         format!(
             "publisher {what} failed after {} requests ({} unanswered): {e}",
-            sent.sent, self.in_flight
+            sent.sent,
+            self.in_flight()
         )
     }
+}
 
-    fn flush(&mut self) -> io::Result<()> {
+impl HttpConn {
+    /// Sends queued bytes until done or the socket would block; returns how many went out.
+    fn flush(&mut self) -> io::Result<usize> {
+        let mut written = 0;
         while self.out_sent_bytes < self.out.len() {
             match self.stream.write(&self.out[self.out_sent_bytes..]) {
-                Ok(n) => self.out_sent_bytes += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Ok(n) => {
+                    self.out_sent_bytes += n;
+                    written += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(written),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
         self.out.clear();
         self.out_sent_bytes = 0;
-        Ok(())
+        Ok(written)
     }
 
-    /// Reads and parses whatever responses have arrived; returns how many completed.
-    fn read(&mut self, sent: &mut Sent) -> io::Result<u32> {
+    /// Reads and parses whatever responses have arrived; returns how many completed and whether
+    /// one of them closes the connection.
+    fn read(&mut self, sent: &mut Sent) -> io::Result<(u32, bool)> {
+        if self.closing {
+            return Ok((0, false));
+        }
         let mut chunk = [0u8; 16 * 1024];
-        let mut answered = 0;
         loop {
             match self.stream.read(&mut chunk) {
                 Ok(0) => {
-                    answered += self.parse(sent)?;
-                    if self.in_flight > 0 {
+                    let answered = self.parse(sent)?;
+                    if !self.closing && !self.pending.is_empty() {
                         return Err(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
                             "server closed the connection",
                         ));
                     }
-                    return Ok(answered);
+                    return Ok((answered, self.closing));
                 }
                 Ok(n) => self.input.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -1295,15 +1437,15 @@ impl HttpPublisher {
                 Err(e) => return Err(e),
             }
         }
-        answered += self.parse(sent)?;
-        Ok(answered)
+        let answered = self.parse(sent)?;
+        Ok((answered, self.closing))
     }
 
     fn parse(&mut self, sent: &mut Sent) -> io::Result<u32> {
         let bad = |text: String| io::Error::new(io::ErrorKind::InvalidData, text);
         let mut at = 0;
         let mut answered = 0;
-        loop {
+        while !self.closing {
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut response = httparse::Response::new(&mut headers);
             let head_bytes = match response.parse(&self.input[at..]) {
@@ -1312,6 +1454,7 @@ impl HttpPublisher {
                 Err(e) => return Err(bad(format!("malformed HTTP response: {e}"))),
             };
             let mut body_bytes = 0usize;
+            let mut close = false;
             for h in response.headers.iter() {
                 if h.name.eq_ignore_ascii_case("content-length") {
                     body_bytes = std::str::from_utf8(h.value)
@@ -1320,6 +1463,11 @@ impl HttpPublisher {
                         .ok_or_else(|| bad("bad Content-Length".to_owned()))?;
                 } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                     return Err(bad("chunked responses are not supported".to_owned()));
+                } else if h.name.eq_ignore_ascii_case("connection") {
+                    // RFC 9110 §7.6.1: a comma-separated list of options.
+                    close = String::from_utf8_lossy(h.value)
+                        .split(',')
+                        .any(|o| o.trim().eq_ignore_ascii_case("close"));
                 }
             }
             if head_bytes + body_bytes > RESPONSE_BYTES_MAX {
@@ -1333,16 +1481,16 @@ impl HttpPublisher {
             }
             let code = response.code.unwrap_or(0);
             at += head_bytes + body_bytes;
-            if self.in_flight == 0 {
+            if self.pending.pop_front().is_none() {
                 return Err(bad(format!("unrequested response (status {code})")));
             }
-            self.in_flight -= 1;
             answered += 1;
             if (200..300).contains(&code) {
                 sent.accepted += 1;
             } else {
                 *sent.rejected.entry(code).or_default() += 1;
             }
+            self.closing = close;
         }
         self.input.drain(..at);
         if self.input.len() > RESPONSE_BYTES_MAX {
@@ -1407,6 +1555,8 @@ mod tests {
         assert_exact(&report);
         assert_eq!(report.publish_accepted, 100);
         assert!(report.publish_rejected.is_empty());
+        assert_eq!(report.publish_connections, 1);
+        assert_eq!(report.publish_resent, 0);
         assert!(report.server_cpu.is_none());
     }
 
@@ -1431,6 +1581,7 @@ mod tests {
             test_server::Faults {
                 drop_every: Some(10),
                 duplicate_to_first: true,
+                ..test_server::Faults::default()
             },
         );
         let mut args = FanoutArgs::new(format!("ws://{addr}"));
@@ -1518,6 +1669,31 @@ mod tests {
                 .to_text()
                 .contains("pusher          established 20, subscribed 20")
         );
+    }
+
+    #[test]
+    fn a_server_that_closes_after_each_response_gets_every_request_once_on_new_connections() {
+        for protocol in [Protocol::Raw, Protocol::Pusher] {
+            let faults = test_server::Faults {
+                close_http_after_response: true,
+                ..test_server::Faults::default()
+            };
+            let addr = test_server::spawn_with_faults("t", faults);
+            let mut args = pusher_args(addr);
+            args.protocol = protocol;
+            args.token = "t".to_owned();
+            let report = run_fanout(&args).unwrap();
+            assert_exact(&report);
+            assert_eq!(report.publish_accepted, 100);
+            assert_eq!(report.publish_connections, 100, "{}", report.to_text());
+            // The first connection had 8 pipelined; 7 went again on new connections.
+            assert_eq!(report.publish_resent, 7);
+            assert!(
+                report
+                    .to_text()
+                    .contains("100 connections, 7 requests sent again")
+            );
+        }
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub struct Faults {
     pub drop_every: Option<u64>,
     /// Send every publish twice to the first subscriber that joined.
     pub duplicate_to_first: bool,
+    /// Answer each HTTP request with `Connection: close` and close, ignoring requests pipelined
+    /// behind it (as Sockudo's HTTP API does).
+    pub close_http_after_response: bool,
 }
 
 #[derive(Default)]
@@ -289,6 +292,10 @@ fn serve_http(
             } else {
                 "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n".to_owned()
             };
+            if state.faults.close_http_after_response {
+                let closing = response.replacen("\r\n", "\r\nConnection: close\r\n", 1);
+                return stream.write_all(closing.as_bytes());
+            }
             stream.write_all(response.as_bytes())?;
         }
         let n = stream.read(&mut chunk)?;
