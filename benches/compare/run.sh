@@ -99,69 +99,27 @@ PEERS="$HERE/peers/rust/target/release"
 taskset -cp "$LOAD_CPU" $$ >/dev/null
 
 # --- servers ---------------------------------------------------------------------------------
-SERVER_PID=
-PORT=
-NEXT_PORT=$PORT_BASE
-cleanup() {
-    if [ -n "$SERVER_PID" ]; then kill -KILL "$SERVER_PID" 2>/dev/null || true; fi
-}
-trap cleanup EXIT
+# shellcheck source=benches/compare/lib.sh
+. "$HERE/lib.sh"
 
 server_cmd() {
     case $1 in
     ringcast)
-        local extra=(--allow-client-publish --publish-token "$TOKEN")
+        SERVER_CMD=("$RINGCAST_BIN" serve --shards 1 --listen "127.0.0.1:$PORT" --admin-listen 127.0.0.1:0 --echo)
         # Until this build of ringcast has the publish flags, start it without them (its /topics
         # part of the smoke test then fails, and only the /echo workloads are measured).
-        if ! "$RINGCAST_BIN" serve --help 2>/dev/null | grep -q -- --allow-client-publish; then extra=(); fi
-        echo "$RINGCAST_BIN" serve --shards 1 --listen "127.0.0.1:$PORT" --admin-listen 127.0.0.1:0 --echo "${extra[@]}"
+        if "$RINGCAST_BIN" serve --help 2>/dev/null | grep -q -- --allow-client-publish; then
+            SERVER_CMD+=(--allow-client-publish --publish-token "$TOKEN")
+        fi
         ;;
-    bun) echo "$BUN" "$HERE/peers/bun/server.ts" ;;
-    node-ws) echo node "$HERE/peers/node-ws/server.js" ;;
-    tokio-tungstenite) echo "$PEERS/tokio-tungstenite-peer" ;;
-    fastwebsockets) echo "$PEERS/fastwebsockets-peer" ;;
+    bun) SERVER_CMD=("$BUN" "$HERE/peers/bun/server.ts") ;;
+    node-ws) SERVER_CMD=(node "$HERE/peers/node-ws/server.js") ;;
+    tokio-tungstenite) SERVER_CMD=("$PEERS/tokio-tungstenite-peer") ;;
+    fastwebsockets) SERVER_CMD=("$PEERS/fastwebsockets-peer") ;;
     *) log "unknown server $1"; return 1 ;;
     esac
 }
 
-# start_server NAME LOGFILE: sets SERVER_PID and PORT; fails if it does not listen within 10 s.
-start_server() {
-    PORT=$NEXT_PORT
-    NEXT_PORT=$((NEXT_PORT + 1))
-    local cmd
-    read -r -a cmd <<<"$(server_cmd "$1")"
-    PORT=$PORT TOKEN=$TOKEN taskset -c "$SERVER_CPU" "${cmd[@]}" >"$2" 2>&1 &
-    SERVER_PID=$!
-    for _ in $(seq 100); do
-        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-            wait "$SERVER_PID" 2>/dev/null || true
-            SERVER_PID=
-            return 1
-        fi
-        if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-            sleep 0.3
-            return 0
-        fi
-        sleep 0.1
-    done
-    stop_server
-    return 1
-}
-
-stop_server() {
-    [ -n "$SERVER_PID" ] || return 0
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 100); do
-        kill -0 "$SERVER_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=
-}
-
-# utime + stime of a process, in seconds.
-cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.2f\n", ($12 + $13) / hz }' "/proc/$1/stat" 2>/dev/null || echo ""; }
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo ""; }
 established() { ss -Htn state established "( sport = :$1 )" 2>/dev/null | wc -l; }
 
@@ -189,12 +147,6 @@ if [ "$SMOKE" != off ]; then
 fi
 
 # --- measure -----------------------------------------------------------------------------------
-write_meta() { # file key=value...
-    local f=$1
-    shift
-    printf '%s\n' "$@" >"$f"
-}
-
 for w in $WORKLOADS; do
     kind=$(workload_kind "$w")
     for s in $SERVERS; do

@@ -239,7 +239,9 @@ for (const w of workloads) {
   }
 }
 
-const line = (c) => `| ${c.join(' | ')} |`;
+// A column no row fills (idle RSS when no idle workload ran) is left out.
+const keep = header.map((_, i) => i < 2 || rows.some((r) => r[i] !== ''));
+const line = (c) => `| ${c.filter((_, i) => keep[i]).join(' | ')} |`;
 console.log(line(header));
 console.log(line(header.map(() => '---')));
 for (const r of rows) console.log(line(r));

@@ -3,8 +3,13 @@
 //! latency, exact loss, duplicates and reordering against N x M, and CPU per delivery. Owns the
 //! subscriber workers, the publisher (on the calling thread) and the report; never samples the
 //! loss accounting.
+//!
+//! Two wire protocols: raw topics (`/topics/NAME`, the message is the frame) and Pusher Channels
+//! v7 (`--protocol pusher`: subscribers on `/app/KEY` subscribe to the topic as a public channel,
+//! the publisher triggers the event `bench` through the signed HTTP API, and the message travels
+//! as the event's `data` string). The accounting is the same for both.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::io::{self, Read as _, Write as _};
 use std::net::TcpStream;
@@ -19,8 +24,9 @@ use super::connect::FailureCounts;
 use super::cpu::{CpuProbe, CpuUsage, clock_ticks_per_second};
 use super::echo::{reasons, write_cpu};
 use super::frame::Opcode;
-use super::payload::{self, PAYLOAD_BYTES_MIN, SeqTracker, now_ns, ns_since_epoch};
-use super::pool::{ConnectTally, Pool, TICK_MAX, Target, create_epoll, wait_until};
+use super::payload::{self, PAYLOAD_BYTES_MIN, PayloadError, SeqTracker, now_ns, ns_since_epoch};
+use super::pool::{ConnectTally, Member, Pool, TICK_MAX, Target, create_epoll, wait_until};
+use super::pusher::{self, PusherApp, ServerEvent};
 use super::stats::{Histogram, Quantiles};
 
 /// How long the subscribers' connect phase may take.
@@ -62,15 +68,39 @@ pub enum Publish {
     Http,
 }
 
+/// What the subscribers and the HTTP publisher speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Raw topics: subscribers on `/topics/NAME`; a message is one frame.
+    Raw,
+    /// Pusher Channels v7: subscribers on `/app/KEY` subscribe to the topic as a public channel;
+    /// the publisher sends signed `POST /apps/ID/events` (needs `--publish http`).
+    Pusher,
+}
+
 /// Flags for `ringcast bench fanout`.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct FanoutArgs {
-    /// Server base URL, ws://HOST:PORT; the tool appends /topics/NAME.
+    /// Server base URL, ws://HOST:PORT; the tool appends /topics/NAME (or, with --protocol
+    /// pusher, /app/KEY?protocol=7&client=ringcast-bench&version=1).
     #[arg(long)]
     pub url: String,
-    /// Topic name.
-    #[arg(long, default_value = "bench")]
+    /// Topic name (with --protocol pusher: the public channel).
+    #[arg(long, visible_alias = "channel", default_value = "bench")]
     pub topic: String,
+    /// Raw topics, or Pusher Channels v7 with the signed HTTP API.
+    #[arg(long, value_enum, default_value_t = Protocol::Raw)]
+    pub protocol: Protocol,
+    /// Pusher app id (--protocol pusher).
+    #[arg(long, default_value = "app-id")]
+    pub app_id: String,
+    /// Pusher app key (--protocol pusher).
+    #[arg(long, default_value = "app-key")]
+    pub app_key: String,
+    /// Pusher app secret, to sign the HTTP API requests (--protocol pusher).
+    #[arg(long, default_value = "app-secret", env = "RINGCAST_BENCH_APP_SECRET")]
+    pub app_secret: String,
     /// Subscriber connections.
     #[arg(long, short = 'n', default_value_t = 5000)]
     pub subscribers: u32,
@@ -115,6 +145,10 @@ impl FanoutArgs {
         Self {
             url: url.into(),
             topic: "bench".to_owned(),
+            protocol: Protocol::Raw,
+            app_id: "app-id".to_owned(),
+            app_key: "app-key".to_owned(),
+            app_secret: "app-secret".to_owned(),
             subscribers: 5000,
             messages: 1000,
             bytes: 64,
@@ -134,19 +168,23 @@ impl FanoutArgs {
 /// What `bench fanout` measured.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FanoutReport {
-    /// Subscription URL (base plus /topics/NAME).
+    /// Subscription URL (base plus /topics/NAME, or /app/KEY?... for Pusher).
     pub url: String,
+    /// Wire protocol.
+    pub protocol: Protocol,
     /// Publisher kind.
     pub publish: Publish,
     /// Subscribers asked for.
     pub subscribers: u32,
-    /// Subscribers upgraded.
+    /// Subscribers upgraded (Pusher: subscribed to the channel).
     pub subscribed: u64,
-    /// Subscribers that failed to upgrade.
+    /// Subscribers that failed to upgrade (Pusher: or to subscribe).
     pub subscribe_failed: u64,
-    /// Why they failed.
+    /// Why upgrades failed.
     pub subscribe_failures: FailureCounts,
-    /// Subscribers whose connection ended before they had every message.
+    /// The Pusher side of subscribing and receiving (`None` for raw topics).
+    pub pusher: Option<PusherCounts>,
+    /// Subscribers whose connection ended after subscribing, before they had every message.
     pub subscribers_dropped: u64,
     /// Messages asked for.
     pub messages: u32,
@@ -160,6 +198,12 @@ pub struct FanoutReport {
     pub publish_accepted: u64,
     /// HTTP publishes answered otherwise, by status code.
     pub publish_rejected: BTreeMap<u16, u64>,
+    /// HTTP connections the publisher opened: 1, unless the server closes connections after a
+    /// response (`Connection: close`), which turns pipelining into one request per connection.
+    pub publish_connections: u64,
+    /// HTTP requests sent again because a server closed their connection without answering them
+    /// (RFC 9112 §9.6: it must not have processed them).
+    pub publish_resent: u64,
     /// Why the publisher stopped early, if it did.
     pub publisher_error: Option<String>,
     /// First send to last send (to the last response for HTTP), microseconds.
@@ -197,10 +241,58 @@ pub struct FanoutReport {
     pub workers: u32,
 }
 
+/// What Pusher subscribers saw besides bench events. Every count is per subscriber connection
+/// and exact.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PusherCounts {
+    /// `pusher:connection_established` received.
+    pub established: u64,
+    /// `pusher_internal:subscription_succeeded` for the channel received.
+    pub subscribed: u64,
+    /// `pusher:subscription_error` by `data.status` (0: none given).
+    pub subscription_errors: BTreeMap<u16, u64>,
+    /// `pusher:error` by `data.code` (0: none given), at any time.
+    pub errors: BTreeMap<u16, u64>,
+    /// Close frames from the server by status code (1005: none given), at any time.
+    pub close_codes: BTreeMap<u16, u64>,
+    /// Not subscribed when the connect phase timed out.
+    pub subscribe_timeouts: u64,
+    /// Upgraded, then ended before the subscription succeeded.
+    pub ended_before_subscribed: u64,
+    /// `pusher:ping` answered with `pusher:pong`.
+    pub pings_answered: u64,
+    /// Other well-formed events (not `bench` on the channel): ignored, not counted as malformed.
+    pub other_events: u64,
+}
+
+impl PusherCounts {
+    fn merge(&mut self, o: &Self) {
+        self.established += o.established;
+        self.subscribed += o.subscribed;
+        for (mine, theirs) in [
+            (&mut self.subscription_errors, &o.subscription_errors),
+            (&mut self.errors, &o.errors),
+            (&mut self.close_codes, &o.close_codes),
+        ] {
+            for (code, n) in theirs {
+                *mine.entry(*code).or_default() += n;
+            }
+        }
+        self.subscribe_timeouts += o.subscribe_timeouts;
+        self.ended_before_subscribed += o.ended_before_subscribed;
+        self.pings_answered += o.pings_answered;
+        self.other_events += o.other_events;
+    }
+}
+
 /// Runs `bench fanout`. Failed subscribers and publisher errors are reported, not returned.
 pub fn run_fanout(args: &FanoutArgs) -> Result<FanoutReport, BenchError> {
     validate(args)?;
-    let url = format!("{}/topics/{}", args.url.trim_end_matches('/'), args.topic);
+    let base = args.url.trim_end_matches('/');
+    let url = match args.protocol {
+        Protocol::Raw => format!("{base}/topics/{}", args.topic),
+        Protocol::Pusher => format!("{base}{}", pusher::subscribe_path(&args.app_key)),
+    };
     // Subscribers plus the publisher's connection.
     let target = Target::for_run(&url, args.subscribers + 1, "subscribers")?;
     let shared = Shared {
@@ -208,6 +300,10 @@ pub fn run_fanout(args: &FanoutArgs) -> Result<FanoutReport, BenchError> {
         workers: args.workers,
         messages: u64::from(args.messages),
         handshake_timeout: Duration::from_millis(args.handshake_timeout_ms),
+        pusher: (args.protocol == Protocol::Pusher).then(|| PusherChannel {
+            subscribe_frame: pusher::subscribe_frame(&args.topic),
+            channel: args.topic.clone(),
+        }),
         connected_workers: AtomicU32::new(0),
         drain_deadline_ns: AtomicU64::new(0),
     };
@@ -269,20 +365,31 @@ pub fn run_fanout(args: &FanoutArgs) -> Result<FanoutReport, BenchError> {
         _ => Duration::ZERO,
     };
     let received = total.seen.unique;
+    let (subscribed, pusher_counts) = match args.protocol {
+        Protocol::Raw => (total.connect.opened, None),
+        Protocol::Pusher => (total.pusher.subscribed, Some(total.pusher.clone())),
+    };
     Ok(FanoutReport {
         url,
+        protocol: args.protocol,
         publish: args.publish,
         subscribers: args.subscribers,
-        subscribed: total.connect.opened,
-        subscribe_failed: total.connect.failed.total(),
+        subscribed,
+        // Pusher: upgraded but never subscribed counts as failed too.
+        subscribe_failed: total.connect.failed.total()
+            + total.connect.opened.saturating_sub(subscribed),
         subscribe_failures: total.connect.failed.clone(),
-        subscribers_dropped: total.dropped + total.connect.dropped,
+        pusher: pusher_counts,
+        // The workers count connections that end during the connect phase too.
+        subscribers_dropped: total.dropped,
         messages: args.messages,
         bytes: args.bytes,
         rate: args.rate,
         published: sent.sent,
         publish_accepted: sent.accepted,
         publish_rejected: sent.rejected,
+        publish_connections: sent.connections,
+        publish_resent: sent.resent,
         publisher_error: sent.error,
         publish_us: publish_span.as_micros() as u64,
         expected,
@@ -325,9 +432,13 @@ impl FanoutReport {
             Publish::Http => "http",
         };
         // Writing to a String cannot fail.
+        let protocol = match self.protocol {
+            Protocol::Raw => "raw topic",
+            Protocol::Pusher => "pusher",
+        };
         let _ = writeln!(
             s,
-            "ringcast bench fanout {} (publish {publish}, {} workers)",
+            "ringcast bench fanout {} ({protocol}, publish {publish}, {} workers)",
             self.url, self.workers
         );
         let _ = writeln!(
@@ -339,6 +450,29 @@ impl FanoutReport {
             reasons(&self.subscribe_failures),
             self.subscribers_dropped
         );
+        if let Some(p) = &self.pusher {
+            let _ = write!(
+                s,
+                "  pusher          established {}, subscribed {}, subscribe timeouts {}, ended \
+                 before subscribed {}, pings answered {}, other events {}",
+                p.established,
+                p.subscribed,
+                p.subscribe_timeouts,
+                p.ended_before_subscribed,
+                p.pings_answered,
+                p.other_events
+            );
+            for (what, counts) in [
+                ("subscription_error status", &p.subscription_errors),
+                ("pusher:error code", &p.errors),
+                ("close code", &p.close_codes),
+            ] {
+                for (code, n) in counts {
+                    let _ = write!(s, ", {what} {code}: {n}");
+                }
+            }
+            let _ = writeln!(s);
+        }
         let rate = if self.rate == 0 {
             "flat out".to_owned()
         } else {
@@ -356,6 +490,13 @@ impl FanoutReport {
             let _ = write!(s, " (2xx {}", self.publish_accepted);
             for (code, n) in &self.publish_rejected {
                 let _ = write!(s, ", status {code}: {n}");
+            }
+            if self.publish_connections > 1 || self.publish_resent > 0 {
+                let _ = write!(
+                    s,
+                    "; the server closed connections: {} connections, {} requests sent again",
+                    self.publish_connections, self.publish_resent
+                );
             }
             let _ = write!(s, ")");
         }
@@ -448,6 +589,12 @@ fn validate(args: &FanoutArgs) -> Result<(), BenchError> {
     if args.publish == Publish::Http && (args.pipeline == 0 || args.pipeline > PIPELINE_MAX) {
         return invalid("pipeline", format!("must be 1..={PIPELINE_MAX}"));
     }
+    if args.protocol == Protocol::Pusher {
+        return validate_pusher(args);
+    }
+    if args.handshake_timeout_ms == 0 {
+        return invalid("handshake-timeout-ms", "must be at least 1".to_owned());
+    }
     let topic_ok = !args.topic.is_empty()
         && args
             .topic
@@ -462,10 +609,51 @@ fn validate(args: &FanoutArgs) -> Result<(), BenchError> {
             ),
         );
     }
+    Ok(())
+}
+
+fn validate_pusher(args: &FanoutArgs) -> Result<(), BenchError> {
+    let invalid = |name, reason: String| Err(BenchError::InvalidArgument { name, reason });
     if args.handshake_timeout_ms == 0 {
         return invalid("handshake-timeout-ms", "must be at least 1".to_owned());
     }
+    if args.publish != Publish::Http {
+        return invalid(
+            "publish",
+            "--protocol pusher publishes through the HTTP API: use --publish http".to_owned(),
+        );
+    }
+    if let Some(reason) = pusher::channel_problem(&args.topic) {
+        return invalid("channel", reason);
+    }
+    // They go into the URL path and query unescaped.
+    let unreserved = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+    };
+    if !unreserved(&args.app_id) {
+        return invalid(
+            "app-id",
+            format!("{:?} must be non-empty A-Z a-z 0-9 - . _ ~", args.app_id),
+        );
+    }
+    if !unreserved(&args.app_key) {
+        return invalid(
+            "app-key",
+            format!("{:?} must be non-empty A-Z a-z 0-9 - . _ ~", args.app_key),
+        );
+    }
+    if args.app_secret.is_empty() {
+        return invalid("app-secret", "must not be empty".to_owned());
+    }
     Ok(())
+}
+
+/// The Pusher channel every subscriber joins.
+struct PusherChannel {
+    channel: String,
+    subscribe_frame: String,
 }
 
 struct Shared {
@@ -473,6 +661,8 @@ struct Shared {
     workers: u32,
     messages: u64,
     handshake_timeout: Duration,
+    /// `Some` for `--protocol pusher`.
+    pusher: Option<PusherChannel>,
     connected_workers: AtomicU32,
     /// When workers stop waiting for stragglers, in [`now_ns`] time; 0 until publishing ends.
     drain_deadline_ns: AtomicU64,
@@ -511,6 +701,7 @@ struct Tally {
     last_delivery: Option<Instant>,
     dropped: u64,
     drain_timed_out: bool,
+    pusher: PusherCounts,
 }
 
 impl Tally {
@@ -524,37 +715,259 @@ impl Tally {
         };
         self.dropped += other.dropped;
         self.drain_timed_out |= other.drain_timed_out;
+        self.pusher.merge(&other.pusher);
+    }
+}
+
+/// Where a subscriber stands with its subscription. Raw-topic subscribers start `Subscribed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Pusher: upgraded, waiting for `pusher:connection_established`.
+    AwaitEstablished,
+    /// Pusher: established; `pusher:subscribe` goes out after this read.
+    SubscribeDue,
+    /// Pusher: `pusher:subscribe` sent, waiting for `pusher_internal:subscription_succeeded`.
+    AwaitSucceeded,
+    /// Receiving.
+    Subscribed,
+    /// Pusher: refused, timed out or ended before subscribing.
+    Failed,
+}
+
+impl Phase {
+    fn is_pending(self) -> bool {
+        matches!(
+            self,
+            Self::AwaitEstablished | Self::SubscribeDue | Self::AwaitSucceeded
+        )
     }
 }
 
 /// One subscriber's state.
 struct Subscriber {
     seen: SeqTracker,
+    phase: Phase,
+    /// Pusher: a `pusher:ping` came; the pong goes out after this read.
+    pong_due: bool,
     /// Complete or ended: no longer waited for.
     finished: bool,
+}
+
+/// The receiving side of one worker: what its subscribers' events add up to.
+struct Receiver<'a> {
+    /// The Pusher channel, `None` for raw topics.
+    channel: Option<&'a str>,
+    /// Subscribed subscribers not yet finished; set when delivery starts (0 before).
+    waiting: usize,
+    latency_us: Histogram,
+    last_delivery: Option<Instant>,
+    dropped: u64,
+    pusher: PusherCounts,
+}
+
+impl Receiver<'_> {
+    fn on_event(&mut self, sub: &mut Subscriber, event: ConnEvent<'_>, at: Instant) {
+        match event {
+            ConnEvent::Message { payload, .. } => match self.channel {
+                None => self.deliver(sub, payload::parse(payload), at),
+                Some(channel) => self.on_pusher_message(sub, channel, payload, at),
+            },
+            ConnEvent::PeerClose { code } => {
+                if self.channel.is_some() {
+                    // RFC 6455 §7.1.5: 1005 stands for "no status code was present".
+                    *self
+                        .pusher
+                        .close_codes
+                        .entry(code.unwrap_or(1005))
+                        .or_default() += 1;
+                }
+            }
+            ConnEvent::Closed { .. } | ConnEvent::Failed(_) => {
+                if sub.phase.is_pending() {
+                    sub.phase = Phase::Failed;
+                    sub.finished = true;
+                    self.pusher.ended_before_subscribed += 1;
+                } else if !sub.finished {
+                    sub.finished = true;
+                    // Saturating: before delivery starts nobody is counted as waiting.
+                    self.waiting = self.waiting.saturating_sub(1);
+                    self.dropped += 1;
+                }
+            }
+            ConnEvent::Opened { .. } => {}
+        }
+    }
+
+    fn on_pusher_message(&mut self, sub: &mut Subscriber, channel: &str, text: &[u8], at: Instant) {
+        let Ok(event) = pusher::parse_server_event(text) else {
+            sub.seen.record_malformed();
+            return;
+        };
+        match event {
+            ServerEvent::ConnectionEstablished => {
+                self.pusher.established += 1;
+                if sub.phase == Phase::AwaitEstablished {
+                    sub.phase = Phase::SubscribeDue;
+                }
+            }
+            ServerEvent::SubscriptionSucceeded { channel: c }
+                if c == channel && sub.phase == Phase::AwaitSucceeded =>
+            {
+                sub.phase = Phase::Subscribed;
+                self.pusher.subscribed += 1;
+            }
+            ServerEvent::SubscriptionError { status } => {
+                *self
+                    .pusher
+                    .subscription_errors
+                    .entry(status.unwrap_or(0))
+                    .or_default() += 1;
+                if sub.phase.is_pending() {
+                    sub.phase = Phase::Failed;
+                    sub.finished = true;
+                }
+            }
+            ServerEvent::Error { code } => {
+                // The close that may follow is counted when it comes.
+                *self.pusher.errors.entry(code.unwrap_or(0)).or_default() += 1;
+            }
+            ServerEvent::Ping => {
+                sub.pong_due = true;
+                self.pusher.pings_answered += 1;
+            }
+            ServerEvent::Other {
+                event,
+                channel: Some(c),
+                data,
+            } if event == pusher::BENCH_EVENT && c == channel => {
+                let parsed = match &data {
+                    Some(data) => payload::parse(data.as_bytes()),
+                    None => Err(PayloadError::NotDigits),
+                };
+                self.deliver(sub, parsed, at);
+            }
+            ServerEvent::SubscriptionSucceeded { .. } | ServerEvent::Other { .. } => {
+                self.pusher.other_events += 1;
+            }
+        }
+    }
+
+    fn deliver(
+        &mut self,
+        sub: &mut Subscriber,
+        parsed: Result<(u64, u64), PayloadError>,
+        at: Instant,
+    ) {
+        let Ok((seq, sent_ns)) = parsed else {
+            sub.seen.record_malformed();
+            return;
+        };
+        if sub.seen.record(seq) == payload::Receipt::New {
+            let at_ns = ns_since_epoch(at);
+            self.latency_us.record(at_ns.saturating_sub(sent_ns) / 1000);
+            self.last_delivery = Some(at);
+            if sub.seen.is_complete() && !sub.finished {
+                sub.finished = true;
+                self.waiting = self.waiting.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// After a member's events: sends what they asked for (Pusher subscribe, pong) and adds up the
+/// seen-set of a connection that ended.
+fn after_events(member: &mut Member<Subscriber>, subscribe: Option<&[u8]>, ended: &mut SeenSums) {
+    let sub = &mut member.state;
+    if member.conn.state() == ConnState::Open {
+        let mut queued = false;
+        if sub.phase == Phase::SubscribeDue
+            && let Some(frame) = subscribe
+        {
+            member.conn.queue_frame(Opcode::Text, frame);
+            sub.phase = Phase::AwaitSucceeded;
+            queued = true;
+        }
+        if sub.pong_due {
+            member
+                .conn
+                .queue_frame(Opcode::Text, pusher::PONG_FRAME.as_bytes());
+            sub.pong_due = false;
+            queued = true;
+        }
+        if queued {
+            // A failed send leaves the socket in error, which the next read reports as Failed or
+            // Closed; it is counted there.
+            let _ = member.conn.flush_queued();
+        }
+    }
+    if member.conn.state() == ConnState::Done {
+        ended.add(&sub.seen);
+    }
 }
 
 fn worker(shared: &Shared, index: u32, mut pool: Pool<Subscriber>) -> Tally {
     let mut tally = Tally::default();
     let serials = (index..shared.subscribers).step_by(shared.workers as usize);
-    tally.connect = pool.connect_all(
+    let first_phase = match shared.pusher {
+        Some(_) => Phase::AwaitEstablished,
+        None => Phase::Subscribed,
+    };
+    let subscribe = shared.pusher.as_ref().map(|p| p.subscribe_frame.as_bytes());
+    let mut rx = Receiver {
+        channel: shared.pusher.as_ref().map(|p| p.channel.as_str()),
+        waiting: 0,
+        latency_us: Histogram::new(),
+        last_delivery: None,
+        dropped: 0,
+        pusher: PusherCounts::default(),
+    };
+    let mut ended = SeenSums::default();
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    tally.connect = pool.connect_all_with(
         serials,
         256,
         shared.handshake_timeout,
-        Instant::now() + CONNECT_TIMEOUT,
+        deadline,
         |_| Subscriber {
             seen: SeqTracker::new(shared.messages),
+            phase: first_phase,
+            pong_due: false,
             finished: false,
         },
+        |view, event, at| rx.on_event(view.state, event, at),
+        |member| after_events(member, subscribe, &mut ended),
     );
-    shared.connected_workers.fetch_add(1, Ordering::AcqRel);
-    let mut waiting = pool.len();
-    let mut latency_us = Histogram::new();
-    let mut last_delivery = None;
-    let mut dropped = 0u64;
-    let mut ended = SeenSums::default();
+    // Pusher: every subscription succeeds or fails before the worker reports ready.
     loop {
-        if waiting == 0 {
+        let pending = pool
+            .members_mut()
+            .filter(|m| m.state.phase.is_pending())
+            .count();
+        if pending == 0 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            for member in pool.members_mut() {
+                if member.state.phase.is_pending() {
+                    member.state.phase = Phase::Failed;
+                    member.state.finished = true;
+                    rx.pusher.subscribe_timeouts += 1;
+                    // RFC 6455 §7.4.1: 1000, normal closure.
+                    member.conn.start_close(1000, &mut |_| {});
+                }
+            }
+            break;
+        }
+        pool.poll(
+            TICK_MAX,
+            |_, view, event, at| rx.on_event(view.state, event, at),
+            |member| after_events(member, subscribe, &mut ended),
+        );
+    }
+    shared.connected_workers.fetch_add(1, Ordering::AcqRel);
+    rx.waiting = pool.members_mut().filter(|m| !m.state.finished).count();
+    loop {
+        if rx.waiting == 0 {
             break;
         }
         let deadline = shared.drain_deadline_ns.load(Ordering::Acquire);
@@ -564,39 +977,8 @@ fn worker(shared: &Shared, index: u32, mut pool: Pool<Subscriber>) -> Tally {
         }
         pool.poll(
             TICK_MAX,
-            |_, view, event, at| {
-                let sub = &mut *view.state;
-                match event {
-                    ConnEvent::Message { payload, .. } => {
-                        let Ok((seq, sent_ns)) = payload::parse(payload) else {
-                            sub.seen.record_malformed();
-                            return;
-                        };
-                        if sub.seen.record(seq) == payload::Receipt::New {
-                            let at_ns = ns_since_epoch(at);
-                            latency_us.record(at_ns.saturating_sub(sent_ns) / 1000);
-                            last_delivery = Some(at);
-                            if sub.seen.is_complete() && !sub.finished {
-                                sub.finished = true;
-                                waiting -= 1;
-                            }
-                        }
-                    }
-                    ConnEvent::Closed { .. } | ConnEvent::Failed(_) => {
-                        if !sub.finished {
-                            sub.finished = true;
-                            waiting -= 1;
-                            dropped += 1;
-                        }
-                    }
-                    ConnEvent::Opened { .. } | ConnEvent::PeerClose { .. } => {}
-                }
-            },
-            |member| {
-                if member.conn.state() == ConnState::Done {
-                    ended.add(&member.state.seen);
-                }
-            },
+            |_, view, event, at| rx.on_event(view.state, event, at),
+            |member| after_events(member, subscribe, &mut ended),
         );
     }
     pool.close_all();
@@ -604,9 +986,10 @@ fn worker(shared: &Shared, index: u32, mut pool: Pool<Subscriber>) -> Tally {
         ended.add(&sub.seen);
     }
     tally.seen = ended;
-    tally.latency_us = latency_us;
-    tally.last_delivery = last_delivery;
-    tally.dropped = dropped;
+    tally.latency_us = rx.latency_us;
+    tally.last_delivery = rx.last_delivery;
+    tally.dropped = rx.dropped;
+    tally.pusher = rx.pusher;
     tally
 }
 
@@ -614,6 +997,10 @@ fn worker(shared: &Shared, index: u32, mut pool: Pool<Subscriber>) -> Tally {
 #[derive(Debug, Default)]
 struct Sent {
     sent: u64,
+    /// HTTP: requests sent again after a server closed their connection unanswered.
+    resent: u64,
+    /// HTTP: connections the publisher opened.
+    connections: u64,
     accepted: u64,
     rejected: BTreeMap<u16, u64>,
     first_send: Option<Instant>,
@@ -733,140 +1120,316 @@ fn publish_ws(pool: &mut Pool<()>, args: &FanoutArgs, sent: &mut Sent) -> Result
     }
 }
 
-/// A pipelining HTTP/1.1 publisher on one keep-alive connection.
+/// What the HTTP publisher sends for each message.
+enum RequestKind {
+    /// `POST /topics/NAME` with a bearer token; the head (up to and including the blank line) is
+    /// the same for every message, and the payload is the body.
+    Topic { head: Vec<u8> },
+    /// Signed `POST /apps/ID/events` triggering `bench` on `channel`, the payload as `data`; the
+    /// query (timestamp, body MD5, signature) differs per message.
+    Pusher {
+        app: PusherApp,
+        host_header: String,
+        channel: String,
+    },
+}
+
+/// Seconds since the Unix epoch, for `auth_timestamp` (0 if the clock is before 1970).
+fn unix_now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A pipelining HTTP/1.1 publisher: `--pipeline` requests in flight on one keep-alive
+/// connection. A server that answers with `Connection: close` gets one request per connection
+/// instead, on up to `--pipeline` connections at once, and the requests pipelined behind the
+/// closing response are sent again on new connections: RFC 9112 §9.6, a server that sends
+/// `close` "MUST NOT process any further requests received on that connection". Sockudo closes
+/// every HTTP API connection this way.
 struct HttpPublisher {
+    addr: std::net::SocketAddr,
+    connect_timeout: Duration,
+    request: RequestKind,
+    conns: Vec<HttpConn>,
+    /// Requests that a closing connection left unanswered, oldest first: sent before new ones.
+    resend: VecDeque<Vec<u8>>,
+    /// Most requests on one connection: `--pipeline` until a server closes a connection after a
+    /// response, then 1.
+    per_conn_max: u32,
+    /// Most connections open at once: `--pipeline`.
+    conns_max: usize,
+}
+
+/// One publisher connection.
+struct HttpConn {
     stream: TcpStream,
-    /// The request head up to and including the blank line; the body follows.
-    head: Vec<u8>,
     out: Vec<u8>,
     /// INVARIANT: `out_sent_bytes <= out.len()`.
     out_sent_bytes: usize,
     input: Vec<u8>,
-    in_flight: u32,
+    /// Requests sent (or queued) and not answered yet, oldest first, kept for a resend.
+    pending: VecDeque<Vec<u8>>,
+    /// The server answered `Connection: close`: nothing more goes on this connection.
+    closing: bool,
 }
 
 impl HttpPublisher {
     fn connect(args: &FanoutArgs, target: &Target) -> io::Result<Self> {
-        let stream = TcpStream::connect_timeout(
-            &target.addr,
-            Duration::from_millis(args.handshake_timeout_ms),
-        )?;
+        let request = match args.protocol {
+            Protocol::Raw => RequestKind::Topic {
+                head: format!(
+                    "POST {} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+                     Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+                    target.url.path,
+                    target.url.host_header(),
+                    args.token,
+                    args.bytes
+                )
+                .into_bytes(),
+            },
+            Protocol::Pusher => RequestKind::Pusher {
+                app: PusherApp {
+                    id: args.app_id.clone(),
+                    key: args.app_key.clone(),
+                    secret: args.app_secret.clone(),
+                },
+                host_header: target.url.host_header(),
+                channel: args.topic.clone(),
+            },
+        };
+        let mut publisher = Self {
+            addr: target.addr,
+            connect_timeout: Duration::from_millis(args.handshake_timeout_ms),
+            request,
+            conns: Vec::new(),
+            resend: VecDeque::new(),
+            per_conn_max: args.pipeline,
+            conns_max: args.pipeline as usize,
+        };
+        // The first connection now, so that a server that is not there fails before publishing.
+        let conn = publisher.open()?;
+        publisher.conns.push(conn);
+        Ok(publisher)
+    }
+
+    fn open(&self) -> io::Result<HttpConn> {
+        let stream = TcpStream::connect_timeout(&self.addr, self.connect_timeout)?;
         stream.set_nodelay(true)?;
         stream.set_nonblocking(true)?;
-        let head = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
-             Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
-            target.url.path,
-            target.url.host_header(),
-            args.token,
-            args.bytes
-        )
-        .into_bytes();
-        Ok(Self {
+        Ok(HttpConn {
             stream,
-            head,
             out: Vec::new(),
             out_sent_bytes: 0,
             input: Vec::new(),
-            in_flight: 0,
+            pending: VecDeque::new(),
+            closing: false,
         })
+    }
+
+    fn in_flight(&self) -> usize {
+        self.resend.len() + self.conns.iter().map(|c| c.pending.len()).sum::<usize>()
+    }
+
+    /// The first connection with room for one more request.
+    fn room(&self) -> Option<usize> {
+        self.conns
+            .iter()
+            .position(|c| !c.closing && (c.pending.len() as u32) < self.per_conn_max)
+    }
+
+    /// A connection with room for one more request, opened if needed (`None`: all full).
+    fn conn_with_room(&mut self, sent: &mut Sent) -> io::Result<Option<usize>> {
+        if let Some(index) = self.room() {
+            return Ok(Some(index));
+        }
+        if self.conns.len() >= self.conns_max {
+            return Ok(None);
+        }
+        let conn = self.open()?;
+        sent.connections += 1;
+        self.conns.push(conn);
+        Ok(Some(self.conns.len() - 1))
     }
 
     fn publish(&mut self, args: &FanoutArgs, sent: &mut Sent) -> Result<(), String> {
         let messages = u64::from(args.messages);
         let bytes = args.bytes as usize;
         let mut payload = Vec::with_capacity(bytes);
+        let mut request = Vec::new();
         let start = Instant::now();
         let mut progress_at = start;
+        sent.connections = 1;
         loop {
             let now = Instant::now();
+            let now_s = unix_now_s();
             let mut wait = TICK_MAX;
-            while sent.sent < messages && self.in_flight < args.pipeline {
-                if let Some(due) = due(start, sent.sent, args.rate)
+            while self.in_flight() < args.pipeline as usize
+                && (!self.resend.is_empty() || sent.sent < messages)
+            {
+                if self.resend.is_empty()
+                    && let Some(due) = due(start, sent.sent, args.rate)
                     && due > now
                 {
                     wait = wait.min(due - now);
                     break;
                 }
-                payload::encode(sent.sent, now_ns(), bytes, &mut payload);
-                self.out.extend_from_slice(&self.head);
-                self.out.extend_from_slice(&payload);
-                self.in_flight += 1;
-                sent.first_send.get_or_insert(now);
-                sent.sent += 1;
+                let Some(index) = self
+                    .conn_with_room(sent)
+                    .map_err(|e| self.error("connect", sent, &e))?
+                else {
+                    break;
+                };
+                if let Some(again) = self.resend.pop_front() {
+                    request = again;
+                    sent.resent += 1;
+                } else {
+                    payload::encode(sent.sent, now_ns(), bytes, &mut payload);
+                    request.clear();
+                    self.write_request(&payload, now_s, &mut request);
+                    sent.first_send.get_or_insert(now);
+                    sent.sent += 1;
+                }
+                let conn = &mut self.conns[index];
+                conn.out.extend_from_slice(&request);
+                conn.pending.push_back(std::mem::take(&mut request));
             }
-            let before = (self.out_sent_bytes, self.in_flight);
-            self.flush().map_err(|e| self.error("send", sent, &e))?;
-            let answered = self
-                .read(sent)
-                .map_err(|e| self.error("receive", sent, &e))?;
+            let mut written = 0;
+            let mut answered = 0;
+            for index in 0..self.conns.len() {
+                written += self.conns[index]
+                    .flush()
+                    .map_err(|e| self.error("send", sent, &e))?;
+                let (n, closes) = self.conns[index]
+                    .read(sent)
+                    .map_err(|e| self.error("receive", sent, &e))?;
+                answered += n;
+                if closes {
+                    self.per_conn_max = 1;
+                }
+            }
+            // Connections the server is closing: their unanswered requests go again.
+            let mut index = 0;
+            while index < self.conns.len() {
+                if self.conns[index].closing {
+                    let conn = self.conns.swap_remove(index);
+                    self.resend.extend(conn.pending);
+                } else {
+                    index += 1;
+                }
+            }
             if answered > 0 {
                 sent.last_send = Some(Instant::now());
             }
-            if sent.sent == messages && self.in_flight == 0 {
+            if sent.sent == messages && self.in_flight() == 0 {
                 return Ok(());
             }
-            if answered > 0 || (self.out_sent_bytes, self.in_flight) != before {
+            if answered > 0 || written > 0 {
                 progress_at = now;
             }
             if now >= progress_at + PUBLISH_STALL_TIMEOUT {
                 return Err(format!(
                     "publisher stalled for {PUBLISH_STALL_TIMEOUT:?} with {} requests unanswered",
-                    self.in_flight
+                    self.in_flight()
                 ));
             }
-            let mut flags = PollFlags::IN;
-            if self.out_sent_bytes < self.out.len() {
-                flags |= PollFlags::OUT;
+            // Requests to send again go out at once where there is room for them.
+            let resend_now = !self.resend.is_empty()
+                && (self.room().is_some() || self.conns.len() < self.conns_max);
+            self.wait(if resend_now { Duration::ZERO } else { wait })?;
+        }
+    }
+
+    /// Appends one request for `payload` to `out`.
+    fn write_request(&self, payload: &[u8], now_s: u64, out: &mut Vec<u8>) {
+        match &self.request {
+            RequestKind::Topic { head } => {
+                out.extend_from_slice(head);
+                out.extend_from_slice(payload);
             }
-            let timespec = rustix::event::Timespec {
-                tv_sec: wait.as_secs() as _,
-                tv_nsec: wait.subsec_nanos() as _,
-            };
-            let mut fds = [PollFd::new(&self.stream, flags)];
-            match rustix::event::poll(&mut fds, Some(&timespec)) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(format!("poll failed: {e}")),
+            RequestKind::Pusher {
+                app,
+                host_header,
+                channel,
+            } => {
+                // A payload is ASCII (digits, then `x` padding), so always UTF-8.
+                let data = std::str::from_utf8(payload).unwrap_or_default();
+                pusher::write_events_request(app, host_header, channel, data, now_s, out);
             }
+        }
+    }
+
+    /// Waits up to `timeout` for any connection to become readable (or writable, with bytes
+    /// left to send).
+    fn wait(&self, timeout: Duration) -> Result<(), String> {
+        let mut fds: Vec<PollFd<'_>> = self
+            .conns
+            .iter()
+            .map(|c| {
+                let mut flags = PollFlags::IN;
+                if c.out_sent_bytes < c.out.len() {
+                    flags |= PollFlags::OUT;
+                }
+                PollFd::new(&c.stream, flags)
+            })
+            .collect();
+        let timespec = rustix::event::Timespec {
+            tv_sec: timeout.as_secs() as _,
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
+        match rustix::event::poll(&mut fds, Some(&timespec)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+            Err(e) => Err(format!("poll failed: {e}")),
         }
     }
 
     fn error(&self, what: &str, sent: &Sent, e: &io::Error) -> String {
         format!(
             "publisher {what} failed after {} requests ({} unanswered): {e}",
-            sent.sent, self.in_flight
+            sent.sent,
+            self.in_flight()
         )
     }
+}
 
-    fn flush(&mut self) -> io::Result<()> {
+impl HttpConn {
+    /// Sends queued bytes until done or the socket would block; returns how many went out.
+    fn flush(&mut self) -> io::Result<usize> {
+        let mut written = 0;
         while self.out_sent_bytes < self.out.len() {
             match self.stream.write(&self.out[self.out_sent_bytes..]) {
-                Ok(n) => self.out_sent_bytes += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Ok(n) => {
+                    self.out_sent_bytes += n;
+                    written += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(written),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
         self.out.clear();
         self.out_sent_bytes = 0;
-        Ok(())
+        Ok(written)
     }
 
-    /// Reads and parses whatever responses have arrived; returns how many completed.
-    fn read(&mut self, sent: &mut Sent) -> io::Result<u32> {
+    /// Reads and parses whatever responses have arrived; returns how many completed and whether
+    /// one of them closes the connection.
+    fn read(&mut self, sent: &mut Sent) -> io::Result<(u32, bool)> {
+        if self.closing {
+            return Ok((0, false));
+        }
         let mut chunk = [0u8; 16 * 1024];
-        let mut answered = 0;
         loop {
             match self.stream.read(&mut chunk) {
                 Ok(0) => {
-                    answered += self.parse(sent)?;
-                    if self.in_flight > 0 {
+                    let answered = self.parse(sent)?;
+                    if !self.closing && !self.pending.is_empty() {
                         return Err(io::Error::new(
                             io::ErrorKind::UnexpectedEof,
                             "server closed the connection",
                         ));
                     }
-                    return Ok(answered);
+                    return Ok((answered, self.closing));
                 }
                 Ok(n) => self.input.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -874,15 +1437,15 @@ impl HttpPublisher {
                 Err(e) => return Err(e),
             }
         }
-        answered += self.parse(sent)?;
-        Ok(answered)
+        let answered = self.parse(sent)?;
+        Ok((answered, self.closing))
     }
 
     fn parse(&mut self, sent: &mut Sent) -> io::Result<u32> {
         let bad = |text: String| io::Error::new(io::ErrorKind::InvalidData, text);
         let mut at = 0;
         let mut answered = 0;
-        loop {
+        while !self.closing {
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut response = httparse::Response::new(&mut headers);
             let head_bytes = match response.parse(&self.input[at..]) {
@@ -891,6 +1454,7 @@ impl HttpPublisher {
                 Err(e) => return Err(bad(format!("malformed HTTP response: {e}"))),
             };
             let mut body_bytes = 0usize;
+            let mut close = false;
             for h in response.headers.iter() {
                 if h.name.eq_ignore_ascii_case("content-length") {
                     body_bytes = std::str::from_utf8(h.value)
@@ -899,6 +1463,11 @@ impl HttpPublisher {
                         .ok_or_else(|| bad("bad Content-Length".to_owned()))?;
                 } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                     return Err(bad("chunked responses are not supported".to_owned()));
+                } else if h.name.eq_ignore_ascii_case("connection") {
+                    // RFC 9110 §7.6.1: a comma-separated list of options.
+                    close = String::from_utf8_lossy(h.value)
+                        .split(',')
+                        .any(|o| o.trim().eq_ignore_ascii_case("close"));
                 }
             }
             if head_bytes + body_bytes > RESPONSE_BYTES_MAX {
@@ -912,16 +1481,16 @@ impl HttpPublisher {
             }
             let code = response.code.unwrap_or(0);
             at += head_bytes + body_bytes;
-            if self.in_flight == 0 {
+            if self.pending.pop_front().is_none() {
                 return Err(bad(format!("unrequested response (status {code})")));
             }
-            self.in_flight -= 1;
             answered += 1;
             if (200..300).contains(&code) {
                 sent.accepted += 1;
             } else {
                 *sent.rejected.entry(code).or_default() += 1;
             }
+            self.closing = close;
         }
         self.input.drain(..at);
         if self.input.len() > RESPONSE_BYTES_MAX {
@@ -986,6 +1555,8 @@ mod tests {
         assert_exact(&report);
         assert_eq!(report.publish_accepted, 100);
         assert!(report.publish_rejected.is_empty());
+        assert_eq!(report.publish_connections, 1);
+        assert_eq!(report.publish_resent, 0);
         assert!(report.server_cpu.is_none());
     }
 
@@ -1010,6 +1581,7 @@ mod tests {
             test_server::Faults {
                 drop_every: Some(10),
                 duplicate_to_first: true,
+                ..test_server::Faults::default()
             },
         );
         let mut args = FanoutArgs::new(format!("ws://{addr}"));
@@ -1057,6 +1629,108 @@ mod tests {
         assert!(!report.is_complete());
     }
 
+    fn pusher_args(addr: std::net::SocketAddr) -> FanoutArgs {
+        let mut args = FanoutArgs::new(format!("ws://{addr}"));
+        args.subscribers = 20;
+        args.messages = 100;
+        args.protocol = Protocol::Pusher;
+        args.publish = Publish::Http;
+        args.pipeline = 8;
+        args.drain_timeout_s = 5;
+        args
+    }
+
+    #[test]
+    fn pusher_subscribers_get_every_signed_api_event_exactly_and_answer_pings() {
+        let (addr, server) = test_server::spawn_observed("t", test_server::Faults::default());
+        let report = run_fanout(&pusher_args(addr)).unwrap();
+        assert_exact(&report);
+        assert_eq!(report.publish_accepted, 100);
+        assert!(
+            report
+                .url
+                .ends_with("/app/app-key?protocol=7&client=ringcast-bench&version=1")
+        );
+        let pusher = report.pusher.as_ref().unwrap();
+        assert_eq!(pusher.established, 20);
+        assert_eq!(pusher.subscribed, 20);
+        assert_eq!(pusher.pings_answered, 20);
+        assert_eq!(pusher.other_events, 0);
+        assert!(pusher.errors.is_empty() && pusher.close_codes.is_empty());
+        // The pongs went out before the subscribers closed; give the server threads a moment.
+        assert!(wait_until(Instant::now() + Duration::from_secs(5), || {
+            server.pongs() == 20
+        }));
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(json["protocol"], "pusher");
+        assert_eq!(json["pusher"]["subscribed"], 20);
+        assert!(
+            report
+                .to_text()
+                .contains("pusher          established 20, subscribed 20")
+        );
+    }
+
+    #[test]
+    fn a_server_that_closes_after_each_response_gets_every_request_once_on_new_connections() {
+        for protocol in [Protocol::Raw, Protocol::Pusher] {
+            let faults = test_server::Faults {
+                close_http_after_response: true,
+                ..test_server::Faults::default()
+            };
+            let addr = test_server::spawn_with_faults("t", faults);
+            let mut args = pusher_args(addr);
+            args.protocol = protocol;
+            args.token = "t".to_owned();
+            let report = run_fanout(&args).unwrap();
+            assert_exact(&report);
+            assert_eq!(report.publish_accepted, 100);
+            assert_eq!(report.publish_connections, 100, "{}", report.to_text());
+            // The first connection had 8 pipelined; 7 went again on new connections.
+            assert_eq!(report.publish_resent, 7);
+            assert!(
+                report
+                    .to_text()
+                    .contains("100 connections, 7 requests sent again")
+            );
+        }
+    }
+
+    #[test]
+    fn pusher_wrong_secret_counts_401s_and_every_delivery_as_lost() {
+        let addr = test_server::spawn("t");
+        let mut args = pusher_args(addr);
+        args.app_secret = "wrong".to_owned();
+        args.messages = 10;
+        args.drain_timeout_s = 1;
+        let report = run_fanout(&args).unwrap();
+        assert_eq!(report.subscribed, 20);
+        assert_eq!(report.publish_rejected.get(&401), Some(&10));
+        assert_eq!(report.lost, 200);
+    }
+
+    #[test]
+    fn pusher_unknown_key_fails_every_subscription_with_its_error_and_close_code() {
+        let addr = test_server::spawn("t");
+        let mut args = pusher_args(addr);
+        args.app_key = "nope".to_owned();
+        args.messages = 5;
+        args.drain_timeout_s = 0;
+        let report = run_fanout(&args).unwrap();
+        assert!(!report.is_complete());
+        assert_eq!(report.subscribed, 0);
+        assert_eq!(report.subscribe_failed, 20, "{}", report.to_text());
+        assert_eq!(report.subscribers_dropped, 0);
+        let pusher = report.pusher.as_ref().unwrap();
+        assert_eq!(pusher.errors.get(&4001), Some(&20));
+        assert_eq!(pusher.close_codes.get(&4001), Some(&20));
+        assert_eq!(pusher.ended_before_subscribed, 20);
+        assert_eq!(report.lost, 100);
+        let text = report.to_text();
+        assert!(text.contains("pusher:error code 4001: 20"), "{text}");
+        assert!(text.contains("close code 4001: 20"), "{text}");
+    }
+
     #[test]
     fn impossible_flags_are_rejected() {
         let base = FanoutArgs::new("ws://127.0.0.1:1");
@@ -1081,6 +1755,46 @@ mod tests {
             "pipeline",
         );
         reject(&|a| a.subscribers = 19_000, "subscribers");
+        let pusher = |a: &mut FanoutArgs| {
+            a.protocol = Protocol::Pusher;
+            a.publish = Publish::Http;
+        };
+        reject(&|a| a.protocol = Protocol::Pusher, "publish");
+        reject(
+            &|a| {
+                pusher(a);
+                a.topic = "private-bench".to_owned()
+            },
+            "channel",
+        );
+        reject(
+            &|a| {
+                pusher(a);
+                a.topic = "a/b".to_owned()
+            },
+            "channel",
+        );
+        reject(
+            &|a| {
+                pusher(a);
+                a.app_id = "a b".to_owned()
+            },
+            "app-id",
+        );
+        reject(
+            &|a| {
+                pusher(a);
+                a.app_key = String::new()
+            },
+            "app-key",
+        );
+        reject(
+            &|a| {
+                pusher(a);
+                a.app_secret = String::new()
+            },
+            "app-secret",
+        );
         reject(
             &|a| {
                 a.subscribers = 10_000;

@@ -6,8 +6,9 @@
 //! non-blocking connection (connect, upgrade, frames), [`stats`] holds percentile math, and
 //! [`connect`] runs `bench connect` on worker threads that each own an epoll instance and their
 //! connections. [`pool`] is the worker connection set that [`echo`] and [`fanout`] share;
-//! [`payload`] is their message format and exact delivery accounting, and [`cpu`] reads process
-//! CPU time from /proc.
+//! [`payload`] is their message format and exact delivery accounting, [`pusher`] is the Pusher
+//! Channels client side of `fanout --protocol pusher`, and [`cpu`] reads process CPU time from
+//! /proc.
 
 pub mod client;
 pub mod connect;
@@ -17,6 +18,7 @@ pub mod fanout;
 pub mod frame;
 pub mod payload;
 pub mod pool;
+pub mod pusher;
 pub mod stats;
 pub mod url;
 
@@ -25,7 +27,7 @@ mod test_server;
 
 pub use connect::{ConnectArgs, ConnectReport, FailureCounts, run_connect};
 pub use echo::{EchoArgs, EchoReport, run_echo};
-pub use fanout::{FanoutArgs, FanoutReport, Publish, run_fanout};
+pub use fanout::{FanoutArgs, FanoutReport, Protocol, Publish, PusherCounts, run_fanout};
 
 /// Why a bench run could not start or finish. Per-connection failures are not errors: they are
 /// counted in the report.

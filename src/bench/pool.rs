@@ -165,7 +165,33 @@ impl<T> Pool<T> {
         in_flight_max: usize,
         handshake_timeout: Duration,
         deadline: Instant,
+        make: impl FnMut(u32) -> T,
+    ) -> ConnectTally {
+        self.connect_all_with(
+            serials,
+            in_flight_max,
+            handshake_timeout,
+            deadline,
+            make,
+            |_, _, _| {},
+            |_| {},
+        )
+    }
+
+    /// [`Pool::connect_all`] for protocols that talk as soon as a connection is upgraded (the
+    /// server's greeting can arrive with the 101): `on_event` gets every event of an upgraded
+    /// connection (messages, closes, failures after the upgrade; they are counted in the tally
+    /// too), and `after` gets each member after its events, as in [`Pool::poll`].
+    #[allow(clippy::too_many_arguments)] // connect_all's five plus the two hooks of `poll`.
+    pub fn connect_all_with(
+        &mut self,
+        serials: impl IntoIterator<Item = u32>,
+        in_flight_max: usize,
+        handshake_timeout: Duration,
+        deadline: Instant,
         mut make: impl FnMut(u32) -> T,
+        mut on_event: impl FnMut(&mut MemberState<'_, T>, ConnEvent<'_>, Instant),
+        mut after: impl FnMut(&mut Member<T>),
     ) -> ConnectTally {
         let mut tally = ConnectTally::default();
         let mut serials = serials.into_iter().peekable();
@@ -217,7 +243,7 @@ impl<T> Pool<T> {
             }
             self.poll(
                 TICK_MAX.min(deadline.saturating_duration_since(now)),
-                |_, member, event, _| match event {
+                |_, member, event, at| match event {
                     ConnEvent::Opened { latency } => {
                         *member.opened = true;
                         in_flight -= 1;
@@ -228,10 +254,15 @@ impl<T> Pool<T> {
                         in_flight -= 1;
                         tally.failed.count(&reason);
                     }
-                    ConnEvent::Failed(_) | ConnEvent::Closed { .. } => tally.dropped += 1,
-                    ConnEvent::Message { .. } | ConnEvent::PeerClose { .. } => {}
+                    ConnEvent::Failed(_) | ConnEvent::Closed { .. } => {
+                        tally.dropped += 1;
+                        on_event(member, event, at);
+                    }
+                    ConnEvent::Message { .. } | ConnEvent::PeerClose { .. } => {
+                        on_event(member, event, at)
+                    }
                 },
-                |_| {},
+                &mut after,
             );
         }
     }

@@ -1,7 +1,9 @@
 //! A blocking stand-in for the server contract, for end-to-end tests of `bench echo` and `bench
 //! fanout`: `GET /echo`, `GET /topics/{name}` (client publish goes to the other subscribers) and
-//! pipelined `POST /topics/{name}` with a bearer token. One thread per connection; never used
-//! outside tests, never fast.
+//! pipelined `POST /topics/{name}` with a bearer token; and a sliver of Pusher for one app
+//! ([`APP_ID`], [`APP_KEY`], [`APP_SECRET`]): `GET /app/{key}` (connection_established, public
+//! subscribe, one `pusher:ping` after subscribing) and pipelined, signed `POST
+//! /apps/{id}/events`. One thread per connection; never used outside tests, never fast.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -14,6 +16,13 @@ use super::frame::{self, Opcode};
 
 type Subscribers = Vec<(u64, Arc<Mutex<TcpStream>>)>;
 
+/// The one Pusher app the stand-in knows.
+pub const APP_ID: &str = "app-id";
+/// Its key.
+pub const APP_KEY: &str = "app-key";
+/// Its secret.
+pub const APP_SECRET: &str = "app-secret";
+
 /// Deliberate mistakes, so tests can check that the bench counts them exactly.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Faults {
@@ -21,14 +30,25 @@ pub struct Faults {
     pub drop_every: Option<u64>,
     /// Send every publish twice to the first subscriber that joined.
     pub duplicate_to_first: bool,
+    /// Answer each HTTP request with `Connection: close` and close, ignoring requests pipelined
+    /// behind it (as Sockudo's HTTP API does).
+    pub close_http_after_response: bool,
 }
 
 #[derive(Default)]
-struct State {
+pub struct State {
     topics: Mutex<HashMap<String, Subscribers>>,
     next_id: AtomicU64,
     publishes: AtomicU64,
+    pongs: AtomicU64,
     faults: Faults,
+}
+
+impl State {
+    /// `pusher:pong` frames received so far.
+    pub fn pongs(&self) -> u64 {
+        self.pongs.load(Ordering::Relaxed)
+    }
 }
 
 /// Starts the stand-in on 127.0.0.1:0; it serves until the test process ends.
@@ -38,6 +58,11 @@ pub fn spawn(token: &str) -> SocketAddr {
 
 /// [`spawn`], making the given mistakes.
 pub fn spawn_with_faults(token: &str, faults: Faults) -> SocketAddr {
+    spawn_observed(token, faults).0
+}
+
+/// [`spawn_with_faults`], also returning the state for counters.
+pub fn spawn_observed(token: &str, faults: Faults) -> (SocketAddr, Arc<State>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let state = Arc::new(State {
@@ -45,6 +70,7 @@ pub fn spawn_with_faults(token: &str, faults: Faults) -> SocketAddr {
         ..State::default()
     });
     let token = token.to_owned();
+    let observed = Arc::clone(&state);
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { continue };
@@ -55,7 +81,7 @@ pub fn spawn_with_faults(token: &str, faults: Faults) -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, observed)
 }
 
 fn serve(mut stream: TcpStream, state: &State, token: &str) -> std::io::Result<()> {
@@ -79,6 +105,9 @@ fn serve(mut stream: TcpStream, state: &State, token: &str) -> std::io::Result<(
         accept_for_key(&key)
     );
     stream.write_all(response.as_bytes())?;
+    if let Some(rest) = path.strip_prefix("/app/") {
+        return serve_pusher(&mut stream, buf, state, rest);
+    }
     if path == "/echo" {
         return serve_frames(&mut stream, buf, |opcode, payload, stream| {
             stream.write_all(&server_frame(opcode, payload))
@@ -102,6 +131,72 @@ fn serve(mut stream: TcpStream, state: &State, token: &str) -> std::io::Result<(
     });
     if let Some(subs) = state.topics.lock().unwrap().get_mut(topic) {
         subs.retain(|(sub, _)| *sub != id);
+    }
+    result
+}
+
+/// `/app/{key}?...`: greets, subscribes to public channels, pings once after the first
+/// subscription, counts pongs. An unknown key gets `pusher:error` 4001 and a close with 4001.
+fn serve_pusher(
+    stream: &mut TcpStream,
+    buf: Vec<u8>,
+    state: &State,
+    target: &str,
+) -> std::io::Result<()> {
+    let key = target.split('?').next().unwrap_or_default();
+    if key != APP_KEY {
+        let error = r#"{"event":"pusher:error","data":{"message":"Unknown app","code":4001}}"#;
+        stream.write_all(&server_frame(Opcode::Text, error.as_bytes()))?;
+        stream.write_all(&server_frame(Opcode::Close, &4001u16.to_be_bytes()))?;
+        return Ok(());
+    }
+    let id = state.next_id.fetch_add(1, Ordering::Relaxed);
+    let established = format!(
+        r#"{{"event":"pusher:connection_established","data":"{{\"socket_id\":\"1.{id}\",\"activity_timeout\":120}}"}}"#
+    );
+    stream.write_all(&server_frame(Opcode::Text, established.as_bytes()))?;
+    let writer = Arc::new(Mutex::new(stream.try_clone()?));
+    let mut joined = Vec::new();
+    let result = serve_frames(stream, buf, |_, payload, _| {
+        let message: serde_json::Value = serde_json::from_slice(payload).unwrap_or_default();
+        match message["event"].as_str() {
+            Some("pusher:subscribe") => {
+                let channel = message["data"]["channel"].as_str().unwrap_or_default();
+                state
+                    .topics
+                    .lock()
+                    .unwrap()
+                    .entry(format!("pusher:{channel}"))
+                    .or_default()
+                    .push((id, Arc::clone(&writer)));
+                joined.push(format!("pusher:{channel}"));
+                let succeeded = serde_json::json!({
+                    "event": "pusher_internal:subscription_succeeded",
+                    "channel": channel,
+                    "data": "{}",
+                });
+                let mut w = writer.lock().unwrap();
+                w.write_all(&server_frame(
+                    Opcode::Text,
+                    succeeded.to_string().as_bytes(),
+                ))?;
+                w.write_all(&server_frame(
+                    Opcode::Text,
+                    br#"{"event":"pusher:ping","data":{}}"#,
+                ))
+            }
+            Some("pusher:pong") => {
+                state.pongs.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    });
+    let mut topics = state.topics.lock().unwrap();
+    for topic in joined {
+        if let Some(subs) = topics.get_mut(&topic) {
+            subs.retain(|(sub, _)| *sub != id);
+        }
     }
     result
 }
@@ -172,14 +267,16 @@ fn serve_http(
                 break;
             }
             let authorized = find("authorization").as_deref() == Some(expected_auth.as_str());
-            let topic = request
-                .path
-                .and_then(|p| p.strip_prefix("/topics/"))
+            let target = request.path.unwrap_or_default().to_owned();
+            let topic = target
+                .strip_prefix("/topics/")
                 .unwrap_or_default()
                 .to_owned();
             let body = buf[head_bytes..head_bytes + length].to_vec();
             buf.drain(..head_bytes + length);
-            let response = if authorized {
+            let response = if target.starts_with("/apps/") {
+                pusher_trigger(state, &target, &body)
+            } else if authorized {
                 let opcode = if std::str::from_utf8(&body).is_ok() {
                     Opcode::Text
                 } else {
@@ -195,6 +292,10 @@ fn serve_http(
             } else {
                 "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n".to_owned()
             };
+            if state.faults.close_http_after_response {
+                let closing = response.replacen("\r\n", "\r\nConnection: close\r\n", 1);
+                return stream.write_all(closing.as_bytes());
+            }
             stream.write_all(response.as_bytes())?;
         }
         let n = stream.read(&mut chunk)?;
@@ -203,6 +304,37 @@ fn serve_http(
         }
         buf.extend_from_slice(&chunk[..n]);
     }
+}
+
+/// Signed `POST /apps/{id}/events`: checks the signature with the server's verifier and sends
+/// the event to the channel's subscribers; 200 `{}`, or 401.
+fn pusher_trigger(state: &State, target: &str, body: &[u8]) -> String {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let query = crate::http_api::Query::parse(query.as_bytes()).unwrap();
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let secret = |key: &str| (key == APP_KEY).then_some(APP_SECRET);
+    let verified = crate::http_api::verify_request("POST", path, &query, body, now_s, secret);
+    if path != format!("/apps/{APP_ID}/events") || verified.is_err() {
+        return "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n".to_owned();
+    }
+    let trigger: serde_json::Value = serde_json::from_slice(body).unwrap();
+    let channel = trigger["channel"].as_str().unwrap();
+    let event = serde_json::json!({
+        "event": trigger["name"],
+        "channel": channel,
+        "data": trigger["data"],
+    });
+    publish(
+        state,
+        &format!("pusher:{channel}"),
+        None,
+        Opcode::Text,
+        event.to_string().as_bytes(),
+    );
+    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}".to_owned()
 }
 
 /// Sends a message to every subscriber of `topic` except `from`; returns how many got it.
