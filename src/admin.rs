@@ -169,18 +169,6 @@ pub fn metrics_text(shared: &Shared) -> String {
                 "Pusher channels with at least one subscriber on some shard.",
                 load(&hub.occupied_channels),
             ),
-            (
-                "pusher_cache_entries",
-                true,
-                "Cache channels holding a last event.",
-                load(&hub.cache_entries),
-            ),
-            (
-                "pusher_cache_refused_total",
-                false,
-                "Cache channel events not kept because the cache was full.",
-                load(&hub.cache_refused),
-            ),
         ] {
             scalar(&mut out, name, gauge, help, value);
         }

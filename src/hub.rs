@@ -1,7 +1,8 @@
 //! The control plane of the Pusher protocol: one thread (`ringcast-hub`) that owns what spans
 //! shards and is not on the delivery path: channel occupancy counted over all shards (for
-//! `channel_occupied`/`channel_vacated` and the HTTP API's queries), presence members, the last
-//! event of cache channels, and the hand-off of webhook events to the webhook sender.
+//! `channel_occupied`/`channel_vacated` and the HTTP API's queries), presence members, signed-in
+//! users and their watchlists, and the hand-off of webhook events to the webhook sender. (The
+//! last events of cache channels are kept by every shard: [`crate::broker::cache`].)
 //!
 //! Shards talk to it only through bounded lock-free single-producer single-consumer rings
 //! (`rtrb`), one pair per shard, and wake it (and are woken by it) the way shards wake each
@@ -21,7 +22,7 @@ use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use rtrb::{Consumer, Producer, RingBuffer};
@@ -34,14 +35,6 @@ use crate::pusher::presence::{PresenceChannel, PresenceMember};
 use crate::pusher::protocol;
 use crate::shard::Shared;
 use crate::webhook::{OwnedWebhookEvent, Webhooks};
-
-/// How long a cache channel keeps its last event (Pusher cache channels: 30 minutes).
-pub const CACHE_TTL: Duration = Duration::from_secs(30 * 60);
-
-/// Cache channels whose last event is kept, over all apps. Hit: a publish to a further cache
-/// channel is not cached (counted in `cache_refused`); its subscribers get `pusher:cache_miss`
-/// until an entry expires. At 10 KiB per event this bounds the cache at about 640 MiB.
-pub const CACHE_ENTRIES_MAX: usize = 65_536;
 
 /// Messages taken from one shard's ring per hub turn, so one busy shard cannot starve the rest.
 const DRAIN_PER_SHARD_MAX: usize = 4096;
@@ -120,18 +113,6 @@ pub enum ToHub {
         topic: Arc<str>,
         conn: ConnRef,
     },
-    /// The last event published to a cache channel (an encoded WebSocket frame), and when it
-    /// was published: shards' messages reach the hub in no global order, so the newest wins.
-    CacheSet {
-        topic: Arc<str>,
-        frame: Bytes,
-        at: Instant,
-    },
-    /// A connection subscribed to a cache channel: send it the cached event or a cache miss.
-    CacheGet {
-        topic: Arc<str>,
-        conn: ConnRef,
-    },
     Query {
         conn: ConnRef,
         query: Query,
@@ -171,7 +152,7 @@ pub enum ToShard {
         topic: Arc<str>,
         outcome: Result<String, String>,
     },
-    /// Send this encoded frame to one connection (a cached event, a cache miss).
+    /// Send this encoded frame to one connection (watchlist events).
     SendFrame { key: ConnKey, frame: Bytes },
     /// Deliver this encoded frame to the local subscribers of `topic`, except `exclude`.
     Deliver {
@@ -197,8 +178,6 @@ pub struct HubCounters {
     /// Messages dropped because a ring and its backlog were full.
     pub dropped: AtomicU64,
     pub occupied_channels: AtomicU64,
-    pub cache_entries: AtomicU64,
-    pub cache_refused: AtomicU64,
 }
 
 /// A shard's ends of its rings to and from the hub.
@@ -278,11 +257,9 @@ pub struct Hub {
     backlog_max: usize,
     touched: Vec<bool>,
     channels: HashMap<Arc<str>, ChannelState>,
-    cache: HashMap<Arc<str>, (Bytes, Instant)>,
     webhooks: Arc<Webhooks>,
     counters: Arc<HubCounters>,
     stop: Arc<AtomicBool>,
-    last_sweep: Instant,
     /// Signed-in users (app, user id): their connections and who watches them.
     users: HashMap<(u32, String), UserState>,
     /// Each watching connection's app and watchlist, to undo when it goes.
@@ -354,11 +331,9 @@ pub fn build(
         backlog_max,
         touched: vec![false; shards],
         channels: HashMap::new(),
-        cache: HashMap::new(),
         webhooks,
         counters,
         stop,
-        last_sweep: Instant::now(),
         users: HashMap::new(),
         watching: HashMap::new(),
     };
@@ -387,12 +362,12 @@ impl Hub {
             self.counters
                 .messages_in
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
-            // Rings are drained one after another, so a read (a cache lookup, an API query)
+            // Rings are drained one after another, so a read (an API query)
             // from one shard may be taken before a write another shard made earlier: the
             // batch's writes are applied first, then its reads are answered.
             let mut reads = Vec::new();
             for msg in batch.drain(..) {
-                if matches!(msg, ToHub::CacheGet { .. } | ToHub::Query { .. }) {
+                if matches!(msg, ToHub::Query { .. }) {
                     reads.push(msg);
                 } else {
                     self.handle(msg);
@@ -408,9 +383,6 @@ impl Hub {
                 {
                     let _ = driver.wake(fd.as_raw_fd());
                 }
-            }
-            if self.last_sweep.elapsed() > Duration::from_secs(10) {
-                self.sweep_cache();
             }
             if stop {
                 break;
@@ -440,8 +412,6 @@ impl Hub {
                 members_max,
             } => self.presence_join(topic, conn, member, members_max),
             ToHub::PresenceLeave { topic, conn } => self.presence_leave(&topic, conn),
-            ToHub::CacheSet { topic, frame, at } => self.cache_set(topic, frame, at),
-            ToHub::CacheGet { topic, conn } => self.cache_get(&topic, conn),
             ToHub::Query { conn, query } => {
                 let body = self.answer(&query);
                 self.send(
@@ -683,60 +653,6 @@ impl Hub {
                 },
             );
         }
-    }
-
-    fn cache_set(&mut self, topic: Arc<str>, frame: Bytes, at: Instant) {
-        if let Some((_, newer)) = self.cache.get(&topic)
-            && *newer > at
-        {
-            return;
-        }
-        if !self.cache.contains_key(&topic) && self.cache.len() >= CACHE_ENTRIES_MAX {
-            self.sweep_cache();
-            if self.cache.len() >= CACHE_ENTRIES_MAX {
-                self.counters.cache_refused.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        }
-        self.cache.insert(topic, (frame, at));
-        self.counters
-            .cache_entries
-            .store(self.cache.len() as u64, Ordering::Relaxed);
-    }
-
-    fn cache_get(&mut self, topic: &Arc<str>, conn: ConnRef) {
-        let hit = self
-            .cache
-            .get(topic)
-            .filter(|(_, at)| at.elapsed() < CACHE_TTL)
-            .map(|(frame, _)| frame.clone());
-        let frame = match hit {
-            Some(frame) => frame,
-            None => {
-                let Some((app, channel)) = split_topic(topic) else {
-                    return;
-                };
-                let frame = text_frame(&protocol::cache_miss(channel));
-                let channel = channel.to_owned();
-                self.hook(app, OwnedWebhookEvent::CacheMiss { channel });
-                frame
-            }
-        };
-        self.send(
-            conn.shard,
-            ToShard::SendFrame {
-                key: conn.key,
-                frame,
-            },
-        );
-    }
-
-    fn sweep_cache(&mut self) {
-        self.last_sweep = Instant::now();
-        self.cache.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
-        self.counters
-            .cache_entries
-            .store(self.cache.len() as u64, Ordering::Relaxed);
     }
 
     fn counts(&self, app: u32, channel: &str, info: &InfoFields) -> (bool, ChannelCounts) {
@@ -1047,46 +963,13 @@ mod tests {
     }
 
     #[test]
-    fn cache_keeps_the_newest_event_and_misses_otherwise() {
-        let (mut hub, mut links) = hub(1);
-        let t = topic("cache-p");
-        hub.handle(ToHub::CacheGet {
-            topic: Arc::clone(&t),
-            conn: conn(0, 1),
-        });
-        assert!(
-            matches!(&inbox(&mut links[0])[..], [ToShard::SendFrame { frame, .. }] if String::from_utf8_lossy(frame).contains("pusher:cache_miss"))
-        );
-        let early = Instant::now();
-        let late = early + Duration::from_millis(1);
-        hub.handle(ToHub::CacheSet {
-            topic: Arc::clone(&t),
-            frame: Bytes::from_static(b"new"),
-            at: late,
-        });
-        // A set that was made earlier but arrived later does not win.
-        hub.handle(ToHub::CacheSet {
-            topic: Arc::clone(&t),
-            frame: Bytes::from_static(b"old"),
-            at: early,
-        });
-        hub.handle(ToHub::CacheGet {
-            topic: Arc::clone(&t),
-            conn: conn(0, 1),
-        });
-        assert!(
-            matches!(&inbox(&mut links[0])[..], [ToShard::SendFrame { frame, .. }] if frame == "new")
-        );
-    }
-
-    #[test]
     fn a_full_ring_backlogs_then_drops_counted() {
         let (mut hub, mut links) = hub(1);
         // Ring of 64, backlog of 4.
-        for i in 0..70 {
-            hub.handle(ToHub::CacheGet {
-                topic: topic("cache-x"),
-                conn: conn(0, i),
+        for _ in 0..70 {
+            hub.handle(ToHub::Terminate {
+                app: 0,
+                user_id: "u".into(),
             });
         }
         assert_eq!(hub.counters.dropped.load(Ordering::Relaxed), 2);

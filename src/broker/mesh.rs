@@ -9,7 +9,8 @@
 //! A full ring is never waited on. Publishes check room on every destination before pushing to
 //! any, so a publish either reaches every interested shard or none (the caller reports it:
 //! HTTP 503 with Retry-After, or close 1013 for a WebSocket publisher), counted. Interest
-//! changes must not be lost, so they wait in a per-destination backlog (bounded by the number
+//! changes and cache channels' last events must not be lost, so they wait in a per-destination
+//! backlog (one entry per cache channel at most; otherwise bounded by the number
 //! of topics) and are retried every turn.
 
 use std::collections::VecDeque;
@@ -28,6 +29,12 @@ pub enum MeshMsg {
         topic: Arc<str>,
         frame: Bytes,
         exclude: Option<crate::driver::ConnKey>,
+    },
+    /// The last event of cache channel `topic`, published at `at` (every shard keeps a copy).
+    CacheSet {
+        topic: Arc<str>,
+        frame: Bytes,
+        at: std::time::Instant,
     },
     /// Shard `from` now has (or no longer has) subscribers of `topic`.
     Interest {
@@ -125,6 +132,29 @@ impl MeshPort {
                 topic: Arc::clone(topic),
                 from,
                 on,
+            });
+        }
+        self.flush_backlog();
+    }
+
+    /// Sends a cache channel's last event to every other shard; never lost (backlogged when a
+    /// ring is full, like interest changes).
+    pub fn broadcast_cache(&mut self, topic: &Arc<str>, frame: &Bytes, at: std::time::Instant) {
+        let from = self.shard;
+        for dest in 0..self.outs.len() {
+            if dest == from as usize {
+                continue;
+            }
+            // Only the newest event of a channel matters: a congested ring's backlog keeps one
+            // per cache channel, so it stays bounded by the number of channels.
+            if !self.backlog[dest].is_empty() {
+                self.backlog[dest]
+                    .retain(|m| !matches!(m, MeshMsg::CacheSet { topic: t, .. } if t == topic));
+            }
+            self.backlog[dest].push_back(MeshMsg::CacheSet {
+                topic: Arc::clone(topic),
+                frame: frame.clone(),
+                at,
             });
         }
         self.flush_backlog();

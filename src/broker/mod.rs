@@ -7,6 +7,7 @@
 //!
 //! The broker never touches sockets: the shard asks it where a frame goes and queues the sends.
 
+pub mod cache;
 pub mod mesh;
 pub mod topic;
 

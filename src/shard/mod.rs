@@ -153,6 +153,10 @@ struct State {
     /// Pusher topics whose local subscriber count changed this turn, with the new count.
     hub_counts: HashMap<Arc<str>, u32>,
     socket_nonce: u64,
+    /// The last events of Pusher cache channels (every shard keeps a copy).
+    cache: crate::broker::cache::ChannelCache,
+    /// When expired cache entries were last swept.
+    cache_swept: Tick,
 }
 
 /// One published frame being queued to a topic's local subscribers.
@@ -226,6 +230,8 @@ impl Shard {
                 hub_inbox: Vec::new(),
                 hub_counts: HashMap::new(),
                 socket_nonce,
+                cache: crate::broker::cache::ChannelCache::new(),
+                cache_swept: 0,
             },
         }
     }
@@ -318,6 +324,12 @@ impl State {
     fn publish_now(&mut self) {
         self.last_publish = self.now;
         self.stats.connections = self.conns.len() as u64;
+        if tick_reached(self.cache_swept.wrapping_add(ms_to_ticks(10_000)), self.now) {
+            self.cache_swept = self.now;
+            self.cache.sweep(std::time::Instant::now());
+        }
+        self.stats.pusher_cache_entries = self.cache.len() as u64;
+        self.stats.pusher_cache_refused = self.cache.refused;
         if let Some(c) = self.shared.counters.get(self.id) {
             c.publish(&self.stats);
         }
@@ -1132,6 +1144,7 @@ impl State {
                     let exclude = exclude.and_then(|key| self.live(key));
                     self.fanout_local(&topic, frame, exclude);
                 }
+                MeshMsg::CacheSet { topic, frame, at } => self.cache.set(&topic, frame, at),
                 MeshMsg::Interest { topic, from, on } => self.topics.set_remote(&topic, from, on),
             }
         }

@@ -204,8 +204,13 @@ impl State {
                     let Some(Action::Subscribe { channel, kind }) = actions.next() else {
                         unreachable!("peeked a Subscribe");
                     };
-                    match self.pusher_subscribe(index, &channel, kind) {
-                        Ok(()) => self.queue_text(index, &text),
+                    match self.pusher_subscribe(index, &channel) {
+                        Ok(()) => {
+                            self.queue_text(index, &text);
+                            if kind.is_cache() {
+                                self.send_cached(index, &channel);
+                            }
+                        }
                         Err(why) => {
                             let Some(pc) = self.pusher_mut(index) else {
                                 continue;
@@ -217,7 +222,9 @@ impl State {
                 }
                 Action::Send(text) => self.queue_text(index, &text),
                 Action::Subscribe { channel, kind } => {
-                    let _ = self.pusher_subscribe(index, &channel, kind);
+                    if self.pusher_subscribe(index, &channel).is_ok() && kind.is_cache() {
+                        self.send_cached(index, &channel);
+                    }
                 }
                 Action::Unsubscribe { channel, kind } => {
                     self.pusher_unsubscribe(index, &channel, kind)
@@ -252,7 +259,7 @@ impl State {
                 } => self.client_event(index, channel, event, &frame, data, user_id),
                 Action::SignedIn { user_id, watchlist } => {
                     let channel = hub::user_channel(&user_id);
-                    let _ = self.pusher_subscribe(index, &channel, ChannelKind::Public);
+                    let _ = self.pusher_subscribe(index, &channel);
                     let Some(app) = self.pusher_mut(index).map(|p| p.app) else {
                         continue;
                     };
@@ -310,12 +317,7 @@ impl State {
     /// Subscribes the connection in the broker. Refused when it would create a channel over
     /// the app's `max_channels` (the user channel of a signed-in connection is exempt: there
     /// is at most one per connection).
-    fn pusher_subscribe(
-        &mut self,
-        index: u32,
-        channel: &str,
-        kind: ChannelKind,
-    ) -> Result<(), &'static str> {
+    fn pusher_subscribe(&mut self, index: u32, channel: &str) -> Result<(), &'static str> {
         let Some(pc) = self.pusher_mut(index) else {
             return Ok(());
         };
@@ -346,11 +348,30 @@ impl State {
         }
         self.hub_counts
             .insert(Arc::clone(&name), self.topics.topic(id).live);
-        if kind.is_cache() {
-            let conn = self.conn_ref(index);
-            self.hub.send(ToHub::CacheGet { topic: name, conn });
-        }
         Ok(())
+    }
+
+    /// Sends a new subscriber of a cache channel its last event, or `pusher:cache_miss` (and
+    /// the `cache_miss` webhook). Events other shards published before this subscribe are in
+    /// the mesh already: they are taken first.
+    fn send_cached(&mut self, index: u32, channel: &str) {
+        let Some(app) = self.pusher_mut(index).map(|p| p.app) else {
+            return;
+        };
+        self.catch_up();
+        let topic = pusher_topic(app, channel);
+        match self.cache.get(&topic, std::time::Instant::now()) {
+            Some(frame) => self.deliver(index, &std::rc::Rc::new(frame), 1),
+            None => {
+                self.queue_text(index, &protocol::cache_miss(channel));
+                self.hub.send(ToHub::Hook {
+                    app,
+                    event: OwnedWebhookEvent::CacheMiss {
+                        channel: channel.to_owned(),
+                    },
+                });
+            }
+        }
     }
 
     fn pusher_unsubscribe(&mut self, index: u32, channel: &str, kind: ChannelKind) {
@@ -435,11 +456,10 @@ impl State {
         self.catch_up();
         let id = self.topics.lookup(&topic);
         if ChannelKind::from_name(channel).is_cache() {
-            self.hub.send(ToHub::CacheSet {
-                topic: Arc::from(topic),
-                frame: frame.clone(),
-                at: std::time::Instant::now(),
-            });
+            let topic: Arc<str> = Arc::from(topic.as_str());
+            let at = std::time::Instant::now();
+            self.cache.set(&topic, frame.clone(), at);
+            self.mesh.broadcast_cache(&topic, &frame, at);
         }
         match id {
             Some(id) => self.publish(id, frame, exclude),

@@ -60,6 +60,10 @@ counters! {
     pusher_terminated,
     /// Pusher subscriptions refused by an app's `max_channels`.
     pusher_channel_limit,
+    /// Cache channels whose last event this shard keeps (a gauge).
+    pusher_cache_entries,
+    /// Cache channel events not kept because the shard's cache was full.
+    pusher_cache_refused,
     /// Pusher HTTP API requests.
     api_requests,
     /// Pusher HTTP API requests refused (bad signature, malformed, over a limit).
