@@ -304,6 +304,8 @@ impl Server {
                     shared
                         .stop
                         .store(true, std::sync::atomic::Ordering::Relaxed);
+                    // The hub ends on its own once told (within its idle poll).
+                    hub_stop.store(true, std::sync::atomic::Ordering::Relaxed);
                     return Err(ServerError::IoUringUnavailable(e));
                 }
                 Err(_) => break,
