@@ -853,3 +853,81 @@ async fn over_the_server_connection_limit_pusher_clients_get_4100() {
     })
     .await;
 }
+
+/// Mutated protocol frames from several connections at once: the server answers or refuses
+/// each, never panics, and keeps serving.
+#[tokio::test]
+async fn mutated_frames_never_bring_the_server_down() {
+    within(Duration::from_secs(60), async {
+        let server = server(&[]).await;
+        let mut cs = clients(server.addr, 4).await;
+        let mut seeds = Vec::new();
+        for c in &cs {
+            let data = json!({"user_id": 5, "user_info": {"n": "x"}}).to_string();
+            let presence = auth::channel_auth(KEY, SECRET, &c.socket_id, "presence-f", Some(&data));
+            let private = auth::channel_auth(KEY, SECRET, &c.socket_id, "private-f", None);
+            let user = r#"{"id":"9","watchlist":["9",1]}"#;
+            let signin = auth::user_auth(KEY, SECRET, &c.socket_id, user);
+            seeds.push(vec![
+                json!({"event":"pusher:subscribe","data":{"channel":"presence-f","auth":presence,"channel_data":data}}).to_string(),
+                json!({"event":"pusher:subscribe","data":{"channel":"private-f","auth":private}}).to_string(),
+                json!({"event":"pusher:subscribe","data":{"channel":"cache-f"}}).to_string(),
+                json!({"event":"pusher:signin","data":{"auth":signin,"user_data":user}}).to_string(),
+                json!({"event":"client-x","channel":"private-f","data":{"a":[1,2]}}).to_string(),
+                json!({"event":"client-x","channel":"presence-f","data":"s"}).to_string(),
+                json!({"event":"pusher:unsubscribe","data":{"channel":"presence-f"}}).to_string(),
+                json!({"event":"pusher:ping","data":{}}).to_string(),
+            ]);
+        }
+        let alphabet = b"{}[]\":,\\ event data channel pusher:subscribe client- private- presence- #server-to-user- 0123456789";
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..300 {
+            for (i, c) in cs.iter_mut().enumerate() {
+                let seed = &seeds[i][next() as usize % seeds[i].len()];
+                let mut bytes = seed.clone().into_bytes();
+                for _ in 0..(next() % 4) {
+                    if bytes.is_empty() {
+                        break;
+                    }
+                    let at = next() as usize % bytes.len();
+                    match next() % 3 {
+                        0 => bytes[at] = alphabet[next() as usize % alphabet.len()],
+                        1 => {
+                            bytes.remove(at);
+                        }
+                        _ => bytes.truncate(at),
+                    }
+                }
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                if c.ws.send(Message::text(text)).await.is_err() {
+                    // Closed by the server (4301 rate limits are errors, not closes, so
+                    // this is a protocol close): reconnect and go on.
+                    *c = Client::connect(server.addr).await;
+                }
+            }
+            if round % 50 == 0 {
+                for c in cs.iter_mut() {
+                    // Drain what arrived so the server never sees a stalled reader.
+                    while let Ok(Some(_)) =
+                        tokio::time::timeout(Duration::from_millis(5), c.ws.next()).await
+                    {}
+                }
+            }
+        }
+        // Both shards (and the hub behind presence) still answer.
+        for mut fresh in clients(server.addr, 2).await {
+            fresh.send(json!({"event":"pusher:ping","data":{}})).await;
+            fresh.expect("pusher:pong").await;
+            fresh.join("presence-after", json!("z")).await;
+        }
+        let (status, _) = trigger(server.addr, json!({"name":"e","channel":"c","data":"x"})).await;
+        assert_eq!(status, 200);
+    })
+    .await;
+}
