@@ -180,47 +180,82 @@ pub struct HubCounters {
     pub occupied_channels: AtomicU64,
 }
 
-/// A shard's ends of its rings to and from the hub.
-pub struct ShardLink {
-    out: Producer<ToHub>,
-    backlog: VecDeque<ToHub>,
+/// One direction of a shard-hub pair: the ring, and the messages waiting for room in it (at
+/// most `backlog_max`; past that a message is dropped and counted).
+struct Outbox<T> {
+    ring: Producer<T>,
+    backlog: VecDeque<T>,
     backlog_max: usize,
-    inbound: Consumer<ToShard>,
-    pushed: bool,
     counters: Arc<HubCounters>,
 }
 
-impl ShardLink {
-    /// Queues a message for the hub; never blocks. Returns false when it had to be dropped.
-    pub fn send(&mut self, msg: ToHub) -> bool {
-        self.pushed = true;
+impl<T> Outbox<T> {
+    fn new(ring: Producer<T>, backlog_max: usize, counters: Arc<HubCounters>) -> Self {
+        Self {
+            ring,
+            backlog: VecDeque::new(),
+            backlog_max,
+            counters,
+        }
+    }
+
+    /// Queues a message; never blocks. False when it had to be dropped (counted).
+    fn push(&mut self, msg: T) -> bool {
         if self.backlog.is_empty() {
-            match self.out.push(msg) {
-                Ok(()) => return true,
-                Err(rtrb::PushError::Full(msg)) => self.backlog.push_back(msg),
+            if let Err(rtrb::PushError::Full(msg)) = self.ring.push(msg) {
+                self.backlog.push_back(msg);
             }
             return true;
         }
         if self.backlog.len() >= self.backlog_max {
             self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!("hub queue full: a control message was dropped");
             return false;
         }
         self.backlog.push_back(msg);
         true
     }
 
-    /// Moves backlogged messages into the ring as room allows.
-    pub fn flush_backlog(&mut self) {
+    /// Moves backlogged messages into the ring as room allows; true when any moved.
+    fn flush(&mut self) -> bool {
+        let mut moved = false;
         while let Some(msg) = self.backlog.pop_front() {
-            match self.out.push(msg) {
-                Ok(()) => self.pushed = true,
+            match self.ring.push(msg) {
+                Ok(()) => moved = true,
                 Err(rtrb::PushError::Full(msg)) => {
                     self.backlog.push_front(msg);
                     break;
                 }
             }
         }
+        moved
+    }
+
+    fn has_backlog(&self) -> bool {
+        !self.backlog.is_empty()
+    }
+}
+
+/// A shard's ends of its rings to and from the hub.
+pub struct ShardLink {
+    out: Outbox<ToHub>,
+    inbound: Consumer<ToShard>,
+    pushed: bool,
+}
+
+impl ShardLink {
+    /// Queues a message for the hub; never blocks. Returns false when it had to be dropped.
+    pub fn send(&mut self, msg: ToHub) -> bool {
+        self.pushed = true;
+        let queued = self.out.push(msg);
+        if !queued {
+            tracing::warn!("hub queue full: a control message was dropped");
+        }
+        queued
+    }
+
+    /// Moves backlogged messages into the ring as room allows.
+    pub fn flush_backlog(&mut self) {
+        self.pushed |= self.out.flush();
     }
 
     pub fn has_inbound(&self) -> bool {
@@ -228,7 +263,7 @@ impl ShardLink {
     }
 
     pub fn has_backlog(&self) -> bool {
-        !self.backlog.is_empty()
+        self.out.has_backlog()
     }
 
     /// Takes at most `max` messages from the hub.
@@ -252,9 +287,7 @@ pub struct Hub {
     apps: Arc<Apps>,
     shared: Arc<Shared>,
     ins: Vec<Consumer<ToHub>>,
-    outs: Vec<Producer<ToShard>>,
-    backlog: Vec<VecDeque<ToShard>>,
-    backlog_max: usize,
+    outs: Vec<Outbox<ToShard>>,
     touched: Vec<bool>,
     channels: HashMap<Arc<str>, ChannelState>,
     webhooks: Arc<Webhooks>,
@@ -312,14 +345,11 @@ pub fn build(
         let (to_hub, from_shard) = RingBuffer::new(capacity);
         let (to_shard, from_hub) = RingBuffer::new(capacity);
         ins.push(from_shard);
-        outs.push(to_shard);
+        outs.push(Outbox::new(to_shard, backlog_max, Arc::clone(&counters)));
         links.push(ShardLink {
-            out: to_hub,
-            backlog: VecDeque::new(),
-            backlog_max,
+            out: Outbox::new(to_hub, backlog_max, Arc::clone(&counters)),
             inbound: from_hub,
             pushed: false,
-            counters: Arc::clone(&counters),
         });
     }
     let hub = Hub {
@@ -327,8 +357,6 @@ pub fn build(
         shared,
         ins,
         outs,
-        backlog: (0..shards).map(|_| VecDeque::new()).collect(),
-        backlog_max,
         touched: vec![false; shards],
         channels: HashMap::new(),
         webhooks,
@@ -387,7 +415,7 @@ impl Hub {
             if stop {
                 break;
             }
-            let backlogged = self.backlog.iter().any(|b| !b.is_empty());
+            let backlogged = self.outs.iter().any(Outbox::has_backlog);
             let timeout = if busy {
                 Duration::ZERO
             } else if backlogged {
@@ -737,33 +765,15 @@ impl Hub {
         };
         self.touched[shard] = true;
         self.counters.messages_out.fetch_add(1, Ordering::Relaxed);
-        if self.backlog[shard].is_empty() {
-            match out.push(msg) {
-                Ok(()) => return,
-                Err(rtrb::PushError::Full(msg)) => self.backlog[shard].push_back(msg),
-            }
-            return;
-        }
-        if self.backlog[shard].len() >= self.backlog_max {
-            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        if !out.push(msg) {
             // A lost HTTP reply: that request times out and its connection is closed.
             tracing::warn!(shard, "shard queue full: a hub message was dropped");
-            return;
         }
-        self.backlog[shard].push_back(msg);
     }
 
     fn flush(&mut self) {
-        for (shard, backlog) in self.backlog.iter_mut().enumerate() {
-            while let Some(msg) = backlog.pop_front() {
-                match self.outs[shard].push(msg) {
-                    Ok(()) => self.touched[shard] = true,
-                    Err(rtrb::PushError::Full(msg)) => {
-                        backlog.push_front(msg);
-                        break;
-                    }
-                }
-            }
+        for (out, touched) in self.outs.iter_mut().zip(&mut self.touched) {
+            *touched |= out.flush();
         }
     }
 }

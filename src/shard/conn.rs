@@ -106,6 +106,11 @@ impl Conn {
         }
     }
 
+    /// A Pusher connection (`/app/{key}`): Pusher close codes apply to it.
+    pub fn is_pusher(&self) -> bool {
+        matches!(&self.phase, Phase::WebSocket(ws) if matches!(ws.endpoint, Endpoint::Pusher(_)))
+    }
+
     pub fn has(&self, f: u16) -> bool {
         self.flags & f != 0
     }

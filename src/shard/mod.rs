@@ -975,6 +975,8 @@ impl State {
         }
         if let Some(id) = publish_to {
             let me = Some((self.id as u16, self.conn_key(index)));
+            // The publisher is subscribed, so the topic outlives taking the mesh's messages.
+            self.catch_up();
             for frame in to_publish {
                 if self.publish(id, frame, me).is_err() {
                     // RFC 6455 §7.4.1 1013: try again later; the publisher learns its messages
@@ -1061,19 +1063,16 @@ impl State {
 
     /// Sends an encoded frame to every subscriber of `id`: one ring message to each other shard
     /// with subscribers, and a fan-out job here. All or nothing: when a ring is full nothing is
-    /// sent and the caller reports it. `exclude` (shard, connection) does not get it.
+    /// sent and the caller reports it. `exclude` (shard, connection) does not get it. Callers
+    /// [`State::catch_up`] first.
     fn publish(
         &mut self,
         id: TopicId,
         frame: Bytes,
         exclude: Option<(u16, ConnKey)>,
     ) -> Result<(), MeshFull> {
-        let name = Arc::clone(&self.topics.topic(id).name);
-        self.catch_up();
-        let Some(id) = self.topics.lookup(&name) else {
-            return Ok(());
-        };
         let topic = self.topics.topic(id);
+        let name = Arc::clone(&topic.name);
         if !self.mesh.has_room(topic.remote_shards()) {
             self.stats.mesh_full += 1;
             return Err(MeshFull);
@@ -1354,9 +1353,8 @@ impl State {
             self.stats.timeouts += 1;
             self.abort(index);
         } else if draining {
-            let pusher = matches!(ws.endpoint, Endpoint::Pusher(_));
             conn.clear(flag::DRAINING);
-            if pusher {
+            if conn.is_pusher() {
                 self.pusher_shutdown(index);
             } else {
                 self.send_close(index, close::GOING_AWAY);
@@ -1378,6 +1376,20 @@ impl State {
             self.queue_control(index, Bytes::from(out));
             let at = now.wrapping_add(ms_to_ticks(self.limits.pong_timeout_ms));
             self.set_deadline(index, at);
+        }
+    }
+
+    /// Drops the frames queued for a connection that have not started on the wire (a frame
+    /// already half sent stays, so the stream remains well formed) and closes it: with `code`,
+    /// or 4100 (over capacity: reconnect after a pause) on a Pusher connection.
+    fn drop_unsent_and_close(&mut self, index: u32, code: u16) {
+        let conn = &mut self.conns[index as usize];
+        let dropped = self.sendq.clear_unstarted(&mut conn.outq);
+        conn.outq_bytes = conn.outq_bytes.saturating_sub(dropped as u32);
+        if conn.is_pusher() {
+            self.send_close_reason(index, 4100, "Over capacity");
+        } else {
+            self.send_close(index, code);
         }
     }
 
@@ -1492,14 +1504,12 @@ impl State {
                 break;
             }
             self.stats.budget_closes += 1;
-            let conn = &mut self.conns[index as usize];
-            let pusher = matches!(&conn.phase, Phase::WebSocket(ws) if !ws.close_sent && matches!(ws.endpoint, Endpoint::Pusher(_)));
-            if pusher {
+            let conn = &self.conns[index as usize];
+            let close_sent = matches!(&conn.phase, Phase::WebSocket(ws) if ws.close_sent);
+            if conn.is_pusher() && !close_sent {
                 // Pusher clients get 4100 (over capacity: reconnect after a pause) rather than
                 // a reset; the queue is dropped all the same, so the memory is freed now.
-                let dropped = self.sendq.clear_unstarted(&mut conn.outq);
-                conn.outq_bytes = conn.outq_bytes.saturating_sub(dropped as u32);
-                self.send_close_reason(index, 4100, "Over capacity");
+                self.drop_unsent_and_close(index, close::POLICY_VIOLATION);
             } else {
                 self.abort(index);
             }
@@ -1544,15 +1554,7 @@ impl State {
                 && matches!(&conn.phase, Phase::WebSocket(ws) if !ws.close_sent)
             {
                 self.stats.slow_consumer_closes += 1;
-                let dropped = self.sendq.clear_unstarted(&mut conn.outq);
-                conn.outq_bytes = conn.outq_bytes.saturating_sub(dropped as u32);
-                // Pusher clients treat 4100 (over capacity) as "reconnect after a pause".
-                let pusher = matches!(&conn.phase, Phase::WebSocket(ws) if matches!(ws.endpoint, Endpoint::Pusher(_)));
-                if pusher {
-                    self.send_close_reason(index, 4100, "Over capacity");
-                } else {
-                    self.send_close(index, close::POLICY_VIOLATION);
-                }
+                self.drop_unsent_and_close(index, close::POLICY_VIOLATION);
                 continue;
             }
             if !conn.outq.is_empty() && !conn.has(flag::SEND_INFLIGHT) {
