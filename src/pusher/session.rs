@@ -57,11 +57,13 @@ pub enum Action {
     /// [`Session::subscription_refused`] instead and perform what it returns. For cache kinds,
     /// send the channel's last event next, or [`protocol::cache_miss`] if there is none.
     Subscribe { channel: String, kind: ChannelKind },
-    /// Remove this connection from `channel` in the broker. For presence kinds, also call
-    /// [`presence_leave`] on the channel's registry and perform what it returns.
+    /// Remove this connection from `channel` in the broker. For presence kinds, also remove it
+    /// from the channel's registry ([`presence_leave`] in one process; the server's hub does
+    /// the same across shards) and broadcast the `member_removed` that returns.
     Unsubscribe { channel: String, kind: ChannelKind },
-    /// A signed presence subscribe: call [`Session::handle_presence_join`] with the channel's
-    /// registry (create it if absent) and perform what it returns.
+    /// A signed presence subscribe: join the member in the channel's registry and hand the
+    /// outcome back, either in place with [`Session::handle_presence_join`], or later with
+    /// [`Session::presence_join_result`] when the registry lives elsewhere (the server's hub).
     PresenceJoin {
         channel: String,
         member: PresenceMember,
@@ -113,7 +115,7 @@ pub struct Session {
 struct Subscription {
     channel: String,
     kind: ChannelKind,
-    /// False while a presence join waits for [`Session::handle_presence_join`].
+    /// False while a presence join waits for its registry's answer.
     active: bool,
     /// The presence member's id, added to client events on presence channels.
     user_id: Option<String>,

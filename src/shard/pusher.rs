@@ -302,16 +302,29 @@ impl State {
             self.queue_text(index, &text);
             return;
         }
-        self.hub.send(ToHub::Hook {
+        self.hook(
             app,
-            event: OwnedWebhookEvent::ClientEvent {
+            OwnedWebhookEvent::ClientEvent {
                 channel,
                 event,
                 data,
                 socket_id,
                 user_id,
             },
-        });
+        );
+    }
+
+    /// Hands a webhook event to the hub, only when one of the app's targets takes it: most
+    /// apps have no webhooks, and their client events then cost the hub nothing.
+    fn hook(&mut self, app: u32, event: OwnedWebhookEvent) {
+        let wanted = self
+            .config
+            .apps
+            .get(app as usize)
+            .is_some_and(|a| a.webhooks.iter().any(|t| t.accepts(event.name())));
+        if wanted {
+            self.hub.send(ToHub::Hook { app, event });
+        }
     }
 
     /// Subscribes the connection in the broker. Refused when it would create a channel over
@@ -364,12 +377,12 @@ impl State {
             Some(frame) => self.deliver(index, &std::rc::Rc::new(frame), 1),
             None => {
                 self.queue_text(index, &protocol::cache_miss(channel));
-                self.hub.send(ToHub::Hook {
+                self.hook(
                     app,
-                    event: OwnedWebhookEvent::CacheMiss {
+                    OwnedWebhookEvent::CacheMiss {
                         channel: channel.to_owned(),
                     },
-                });
+                );
             }
         }
     }
