@@ -1,15 +1,18 @@
 //! In-memory fan-out: publish one encoded frame to 1, 100 and 10,000 local subscribers of a
-//! topic: walk the topic's subscriber list and queue a shared reference to the frame on each
-//! subscriber's send queue (what a shard does per publish before the sends are submitted), then
-//! drain the queues as the sends would.
+//! topic: the fan-out scheduler walks the topic's subscribers in segments (default per-turn
+//! budget) and a shared reference to the frame is queued on each subscriber's send queue (what
+//! a shard does per publish before the sends are submitted), then the queues are drained as the
+//! sends would.
 
 use std::hint::black_box;
 use std::rc::Rc;
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use ringcast::broker::fanout::{Fanout, Segment};
 use ringcast::broker::topic::Topics;
 use ringcast::buf::OutBuf;
+use ringcast::config::Limits;
 use ringcast::proto::frame::{Opcode, encode_frame};
 use ringcast::shard::sendq::{QueueRef, SendQueues};
 
@@ -24,17 +27,28 @@ fn fanout(c: &mut Criterion) {
         }
         let id = id.expect("at least one subscriber");
         let mut pool = SendQueues::new();
+        let mut fan = Fanout::new(1024);
+        let mut seg = Segment::default();
+        let per_turn = Limits::default().fanout_deliveries_per_turn_max as usize;
         let mut frame = Vec::new();
         encode_frame(Opcode::Text, &[b'x'; 64], &mut frame);
         let frame = Rc::new(Bytes::from(frame));
         group.throughput(Throughput::Elements(u64::from(subscribers)));
         group.bench_function(BenchmarkId::new("publish_64B", subscribers), |b| {
             b.iter(|| {
-                for &conn in &topics.topic(id).subscribers {
-                    pool.push_back(
-                        &mut queues[conn as usize],
-                        OutBuf::shared(Rc::clone(&frame), subscribers),
-                    );
+                fan.publish(&mut topics, id, Rc::clone(&frame), None);
+                while !fan.is_empty() {
+                    let mut budget = per_turn;
+                    while fan.next_segment(&mut topics, &mut budget, &mut seg) {
+                        for &conn in &seg.subscribers {
+                            for (frame, _) in &seg.frames {
+                                pool.push_back(
+                                    &mut queues[conn as usize],
+                                    OutBuf::shared(Rc::clone(frame), seg.sharers),
+                                );
+                            }
+                        }
+                    }
                 }
                 for q in &mut queues {
                     while let Some(buf) = pool.pop_front(q) {

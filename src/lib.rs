@@ -31,3 +31,6 @@ pub mod server;
 pub mod settings;
 pub mod shard;
 pub mod webhook;
+
+#[cfg(test)]
+mod test_rng;

@@ -190,7 +190,7 @@ limit_settings! {
         "the message is dropped, counted (hub_dropped) and logged; an API query then times out";
     /// Frames queued to subscribers per loop turn.
     fanout_deliveries_per_turn_max => fanout_deliveries_per_turn_max: u32,
-        "RINGCAST_FANOUT_DELIVERIES_PER_TURN_MAX", "deliveries", "65536",
+        "RINGCAST_FANOUT_DELIVERIES_PER_TURN_MAX", "deliveries", "4096",
         "the fan-out continues on the next turn";
     /// Completions handled per loop turn.
     completions_per_turn_max => completions_per_turn_max: usize, "RINGCAST_COMPLETIONS_PER_TURN_MAX",

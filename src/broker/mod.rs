@@ -2,12 +2,14 @@
 //!
 //! - [`topic`]: a shard's registry of topics: local subscribers (compact, O(1) subscribe and
 //!   unsubscribe) and which other shards have subscribers (interest).
+//! - [`fanout`]: which subscribers get which published frames next, in bounded segments.
 //! - [`mesh`]: bounded lock-free single-producer single-consumer rings, one per (source,
 //!   destination) shard pair, carrying already-encoded frames and interest changes.
 //!
 //! The broker never touches sockets: the shard asks it where a frame goes and queues the sends.
 
 pub mod cache;
+pub mod fanout;
 pub mod mesh;
 pub mod topic;
 

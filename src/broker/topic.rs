@@ -1,10 +1,11 @@
 //! A shard's topic registry: name to local subscribers, and which other shards subscribe.
 //!
 //! Subscribers are connection slab indices in a plain vector; each connection remembers its
-//! slot, so unsubscribing is a swap-remove (O(1)). While a fan-out of the topic is in progress
-//! (it may span loop turns), removals leave a tombstone instead, so the cursor of the fan-out
-//! never skips or repeats a subscriber; the vector is compacted when the last fan-out ends.
-//! A topic exists while it has local subscribers or remote interest, and no longer.
+//! slot, so unsubscribing is a swap-remove (O(1)). While the fan-out walks the topic (a walk
+//! may span loop turns, see [`super::fanout`]), removals leave a tombstone instead, so the walk
+//! never skips or repeats a subscriber; the vector is compacted when the walk ends.
+//! A topic exists while it has local subscribers, remote interest or publishes to deliver, and
+//! no longer.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,8 +27,10 @@ pub struct Topic {
     pub live: u32,
     /// Bit i set: shard i has subscribers of this topic.
     remote: Vec<u64>,
-    /// Fan-outs of this topic in progress.
-    busy: u32,
+    /// Publishes of this topic not yet delivered to every local subscriber.
+    pub(super) busy: u32,
+    /// The fan-out is walking `subscribers` (removals leave tombstones).
+    pub(super) walking: bool,
     has_tombstones: bool,
 }
 
@@ -58,7 +61,7 @@ pub struct Unsubscribed {
 #[derive(Default)]
 pub struct Topics {
     ids: HashMap<Arc<str>, u32>,
-    topics: Slab<Topic>,
+    pub(super) topics: Slab<Topic>,
 }
 
 impl Topics {
@@ -93,6 +96,7 @@ impl Topics {
             live: 0,
             remote: Vec::new(),
             busy: 0,
+            walking: false,
             has_tombstones: false,
         }) as u32;
         self.ids.insert(name, id);
@@ -122,7 +126,7 @@ impl Topics {
         }
         t.live -= 1;
         let last_local = t.live == 0;
-        let moved = if t.busy > 0 {
+        let moved = if t.walking {
             t.subscribers[slot as usize] = TOMBSTONE;
             t.has_tombstones = true;
             None
@@ -157,17 +161,30 @@ impl Topics {
         self.collect(id);
     }
 
-    /// A fan-out of `id` starts walking its subscribers.
+    /// A publish of `id` waits to be delivered (the topic lives until [`Self::end_fanout`]).
     pub fn begin_fanout(&mut self, id: TopicId) {
         self.topics[id.0 as usize].busy += 1;
     }
 
-    /// A fan-out of `id` finished. Returns the connections whose slots moved in compaction.
-    pub fn end_fanout(&mut self, id: TopicId) -> Vec<(u32, u32)> {
+    /// A publish of `id` reached every local subscriber.
+    pub fn end_fanout(&mut self, id: TopicId) {
         let t = &mut self.topics[id.0 as usize];
         t.busy -= 1;
+        self.collect(id);
+    }
+
+    /// The fan-out starts walking the subscribers of `id`: slots stay put until
+    /// [`Self::end_walk`].
+    pub fn begin_walk(&mut self, id: TopicId) {
+        self.topics[id.0 as usize].walking = true;
+    }
+
+    /// The walk of `id` ended. Returns the connections whose slots moved in compaction.
+    pub fn end_walk(&mut self, id: TopicId) -> Vec<(u32, u32)> {
+        let t = &mut self.topics[id.0 as usize];
+        t.walking = false;
         let mut moved = Vec::new();
-        if t.busy == 0 && t.has_tombstones {
+        if t.has_tombstones {
             t.subscribers.retain(|&c| c != TOMBSTONE);
             t.has_tombstones = false;
             moved.extend(
@@ -181,10 +198,15 @@ impl Topics {
         moved
     }
 
+    /// Removed subscribers are waiting for compaction.
+    pub fn has_tombstones(&self, id: TopicId) -> bool {
+        self.topics[id.0 as usize].has_tombstones
+    }
+
     /// Forgets a topic nobody needs any more.
     fn collect(&mut self, id: TopicId) {
         let t = &self.topics[id.0 as usize];
-        if t.live == 0 && t.busy == 0 && !t.has_remote() {
+        if t.live == 0 && t.busy == 0 && !t.walking && !t.has_remote() {
             let t = self.topics.remove(id.0 as usize);
             self.ids.remove(&t.name);
         }
@@ -219,15 +241,18 @@ mod tests {
     }
 
     #[test]
-    fn removal_during_a_fanout_leaves_a_tombstone_until_it_ends() {
+    fn removal_during_a_walk_leaves_a_tombstone_until_it_ends() {
         let mut t = Topics::new();
         let (id, s0, _) = t.subscribe("a", 1);
         t.subscribe("a", 2);
         t.subscribe("a", 3);
         t.begin_fanout(id);
+        t.begin_walk(id);
         assert_eq!(t.unsubscribe(id, s0, 1).moved, None);
         assert_eq!(t.topic(id).subscribers, vec![TOMBSTONE, 2, 3]);
-        let moved = t.end_fanout(id);
+        t.end_fanout(id);
+        assert_eq!(t.topic(id).subscribers.len(), 3, "still walking");
+        let moved = t.end_walk(id);
         assert_eq!(t.topic(id).subscribers, vec![2, 3]);
         assert_eq!(moved, vec![(2, 0), (3, 1)]);
     }

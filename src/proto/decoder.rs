@@ -569,6 +569,7 @@ pub fn fuzz_decoder(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_rng::Rng;
 
     /// Cases per random test; raise locally for a longer soak (20 000 passed).
     const RANDOM_CASE_COUNT: usize = 300;
@@ -1023,21 +1024,9 @@ mod tests {
         );
     }
 
-    /// Deterministic xorshift64 so random tests are reproducible without new dependencies.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-    }
-
     #[test]
     fn random_text_split_into_fragments_matches_std_utf8() {
-        let mut rng = XorShift(0x853c_49e6_748f_ea9b);
+        let mut rng = Rng(0x853c_49e6_748f_ea9b);
         let pieces: [&[u8]; 8] = [
             b"a",
             b"\xc3\xa9",
@@ -1083,7 +1072,7 @@ mod tests {
 
     #[test]
     fn random_streams_decode_alike_whole_bytewise_and_chunked() {
-        let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
         let first_bytes = [0x81, 0x82, 0x01, 0x02, 0x00, 0x80, 0x88, 0x89, 0x8A];
         for _ in 0..RANDOM_CASE_COUNT {
             let mut data = vec![rng.next() as u8, rng.next() as u8];

@@ -100,22 +100,7 @@ fn sequence_len(lead: u8) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Deterministic xorshift64 so random tests are reproducible without new dependencies.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
+    use crate::test_rng::Rng;
 
     /// Feeds `chunks` in order, then finishes: the result a whole message would get.
     fn validate_chunks(chunks: &[&[u8]]) -> Result<(), ProtocolError> {
@@ -208,7 +193,7 @@ mod tests {
 
     #[test]
     fn random_inputs_match_std_at_every_split() {
-        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let alphabet: [&[u8]; 12] = [
             b"a",
             b"\x7f",

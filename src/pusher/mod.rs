@@ -68,21 +68,7 @@ pub fn fuzz_client_message(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// xorshift64: deterministic, so a failure reproduces from the printed case.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
+    use crate::test_rng::Rng;
 
     fn seeds() -> Vec<String> {
         let data = r#"{"user_id":"u","user_info":{"name":"n"}}"#;

@@ -12,7 +12,7 @@ pub mod sendq;
 pub mod stats;
 pub mod timer;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -27,6 +27,7 @@ use crate::buf::OutBuf;
 use slab::Slab;
 use socket2::{SockRef, Socket};
 
+use crate::broker::fanout::{Fanout, Segment};
 use crate::broker::mesh::{MeshMsg, MeshPort};
 use crate::broker::topic::{self, TopicId, Topics};
 use crate::config::{Limits, ServerConfig};
@@ -46,7 +47,7 @@ use timer::{Tick, TimerWheel, ms_to_ticks, tick_reached};
 /// Generations travel in 24 bits of io_uring user data.
 const GENERATION_MASK: u32 = 0x00ff_ffff;
 
-/// Most publishes of one topic walked together by the fan-out (see `run_fanout`).
+/// Most publishes of one topic walked together by the fan-out (see `broker::fanout`).
 const FANOUT_RUN_MAX: usize = 1024;
 
 /// How long accepting pauses after EMFILE/ENFILE, so a full descriptor table does not spin.
@@ -145,8 +146,10 @@ struct State {
     stats: ShardStats,
     topics: Topics,
     mesh: MeshPort,
-    /// Fan-outs in progress, oldest first (each may span loop turns).
-    fanout: VecDeque<FanoutJob>,
+    /// Publishes being delivered to local subscribers (a walk may span loop turns).
+    fanout: Fanout,
+    /// The fan-out's current stretch (kept to reuse its buffers).
+    segment: Segment,
     /// The rings to and from the hub (the Pusher control plane).
     hub: crate::hub::ShardLink,
     hub_inbox: Vec<crate::hub::ToShard>,
@@ -157,16 +160,6 @@ struct State {
     cache: crate::broker::cache::ChannelCache,
     /// When expired cache entries were last swept.
     cache_swept: Tick,
-}
-
-/// One published frame being queued to a topic's local subscribers.
-struct FanoutJob {
-    topic: TopicId,
-    frame: Rc<Bytes>,
-    /// The next subscriber slot to deliver to.
-    cursor: usize,
-    /// The publishing connection, which does not get its own message.
-    exclude: Option<u32>,
 }
 
 /// A publish could not be queued for every interested shard (a mesh ring is full).
@@ -225,7 +218,8 @@ impl Shard {
                 stats: ShardStats::default(),
                 topics: Topics::new(),
                 mesh,
-                fanout: VecDeque::new(),
+                fanout: Fanout::new(FANOUT_RUN_MAX),
+                segment: Segment::default(),
                 hub,
                 hub_inbox: Vec::new(),
                 hub_counts: HashMap::new(),
@@ -1107,13 +1101,8 @@ impl State {
     }
 
     fn start_fanout(&mut self, id: TopicId, frame: Bytes, exclude: Option<u32>) {
-        self.topics.begin_fanout(id);
-        self.fanout.push_back(FanoutJob {
-            topic: id,
-            frame: Rc::new(frame),
-            cursor: 0,
-            exclude,
-        });
+        self.fanout
+            .publish(&mut self.topics, id, Rc::new(frame), exclude);
     }
 
     /// Delivers a frame that came from elsewhere (another shard, the hub) to the local
@@ -1151,59 +1140,35 @@ impl State {
 
     /// Queues frames to subscribers, oldest publish first, at most
     /// `fanout_deliveries_per_turn_max` per turn, so one hot topic cannot starve the shard.
-    ///
-    /// Consecutive publishes to the same topic that have reached the same subscriber form a
-    /// run, and the run is walked subscriber by subscriber: each subscriber gets every message
-    /// of the run at once, so its one send per turn carries them all (the kernel's cost per
-    /// send, not per message, is what fan-out pays). Order per subscriber is the publish order.
+    /// Publishes of one topic are walked together, subscriber by subscriber, so each
+    /// subscriber's one send per turn carries every frame due to it; a publish joins the walk
+    /// in progress (see `broker::fanout`).
     fn run_fanout(&mut self) {
         let mut budget = self.limits.fanout_deliveries_per_turn_max as usize;
-        while budget > 0 {
-            let Some(front) = self.fanout.front() else {
+        let mut seg = std::mem::take(&mut self.segment);
+        loop {
+            let more = self
+                .fanout
+                .next_segment(&mut self.topics, &mut budget, &mut seg);
+            for (topic, index, slot) in seg.moved.drain(..) {
+                self.set_topic_slot(index, topic, slot);
+            }
+            if !more {
                 break;
-            };
-            let (topic_id, cursor) = (front.topic, front.cursor);
-            let run = self
-                .fanout
-                .iter()
-                .take(FANOUT_RUN_MAX)
-                .take_while(|j| j.topic == topic_id && j.cursor == cursor)
-                .count();
-            let topic = self.topics.topic(topic_id);
-            let sharers = topic.live;
-            let total = topic.subscribers.len();
-            let take = (budget / run).max(1).min(total - cursor);
-            let batch: Vec<u32> = topic.subscribers[cursor..cursor + take].to_vec();
-            let frames: Vec<(Rc<Bytes>, Option<u32>)> = self
-                .fanout
-                .iter()
-                .take(run)
-                .map(|j| (Rc::clone(&j.frame), j.exclude))
-                .collect();
-            budget = budget.saturating_sub(take * run);
-            for index in batch {
+            }
+            for &index in &seg.subscribers {
                 if index == topic::TOMBSTONE {
                     continue;
                 }
-                for (frame, exclude) in &frames {
+                for (frame, exclude) in &seg.frames {
                     if Some(index) != *exclude {
-                        self.deliver(index, frame, sharers);
+                        self.deliver(index, frame, seg.sharers);
                     }
-                }
-            }
-            if cursor + take == total {
-                for _ in 0..run {
-                    let job = self.fanout.pop_front().unwrap_or_else(|| unreachable!());
-                    for (index, slot) in self.topics.end_fanout(job.topic) {
-                        self.set_topic_slot(index, job.topic, slot);
-                    }
-                }
-            } else {
-                for job in self.fanout.iter_mut().take(run) {
-                    job.cursor = cursor + take;
                 }
             }
         }
+        seg.frames.clear();
+        self.segment = seg;
     }
 
     /// Queues a shared frame to one subscriber. Whether it keeps up is judged when its sends are
