@@ -40,13 +40,11 @@ fn fanout(c: &mut Criterion) {
                 while !fan.is_empty() {
                     let mut budget = per_turn;
                     while fan.next_segment(&mut topics, &mut budget, &mut seg) {
-                        for &conn in &seg.subscribers {
-                            for (frame, _) in &seg.frames {
-                                pool.push_back(
-                                    &mut queues[conn as usize],
-                                    OutBuf::shared(Rc::clone(frame), seg.sharers),
-                                );
-                            }
+                        for (conn, frame) in seg.deliveries() {
+                            pool.push_back(
+                                &mut queues[conn as usize],
+                                OutBuf::shared(Rc::clone(frame), seg.sharers),
+                            );
                         }
                     }
                 }

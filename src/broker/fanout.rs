@@ -9,11 +9,10 @@
 //! (`start` = the walk's position), goes to the end of the subscriber vector, wraps, and ends
 //! when the walk comes back to where it joined. A walk covers the slots that existed when it
 //! began; once someone subscribes, publishes stop joining it (they start the next walk, which
-//! covers the newcomer), so every lap ends however fast subscribers arrive. So a publish never waits for a walk in
-//! progress to end: its latency is one lap at most, not a lap of waiting plus a lap of
-//! walking. Every subscriber slot is visited once per publish, and frames reach each
-//! subscriber in publish order (jobs are kept in join order, and a segment only covers slots
-//! where the same jobs apply).
+//! covers the newcomer), so every lap ends however fast subscribers arrive. A publish joining
+//! the walk waits one lap at most, not a lap of waiting plus a lap of walking. Every subscriber
+//! slot is visited once per publish, and frames reach each subscriber in publish order (jobs
+//! are kept in join order, and a segment only covers slots where the same jobs apply).
 //!
 //! While a walk lives the topic keeps removed subscribers as tombstones (slots never move, so
 //! no slot is skipped or visited twice); the vector is compacted when the walk ends. A walk
@@ -29,7 +28,7 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
-use super::topic::{TopicId, Topics};
+use super::topic::{TOMBSTONE, TopicId, Topics};
 
 /// One publish waiting for its topic's walk.
 struct Job {
@@ -66,7 +65,7 @@ struct Walk {
 #[derive(Default)]
 pub struct Segment {
     pub topic: Option<TopicId>,
-    /// Connection indices (or [`super::topic::TOMBSTONE`]).
+    /// Connection indices (or [`TOMBSTONE`]).
     pub subscribers: Vec<u32>,
     /// Frames in publish order, each with the connection that does not get it.
     pub frames: Vec<(Rc<Bytes>, Option<u32>)>,
@@ -77,6 +76,20 @@ pub struct Segment {
 }
 
 impl Segment {
+    /// Each (connection, frame) to queue, in order: per subscriber, its frames in publish
+    /// order, skipping tombstones and each frame's publisher.
+    pub fn deliveries(&self) -> impl Iterator<Item = (u32, &Rc<Bytes>)> + '_ {
+        self.subscribers
+            .iter()
+            .filter(|&&c| c != TOMBSTONE)
+            .flat_map(move |&c| {
+                self.frames
+                    .iter()
+                    .filter(move |(_, exclude)| *exclude != Some(c))
+                    .map(move |(frame, _)| (c, frame))
+            })
+    }
+
     fn clear(&mut self) {
         self.topic = None;
         self.subscribers.clear();
@@ -196,9 +209,7 @@ impl Fanout {
                     .extend(moved.into_iter().map(|(c, s)| (topic, c, s)));
                 continue;
             }
-            let t = topics.topic(topic);
-            let len = w.end;
-            if w.pos >= len {
+            if w.pos >= w.end {
                 w.jobs.retain_mut(|a| {
                     if a.start == 0 {
                         topics.end_fanout(topic);
@@ -215,8 +226,9 @@ impl Fanout {
             if *budget == 0 {
                 return false;
             }
+            let t = topics.topic(topic);
             let front = &w.jobs[0];
-            let end = if front.lapped { front.start } else { len };
+            let end = if front.lapped { front.start } else { w.end };
             let active = w.jobs.len();
             let take = (*budget / active).max(1).min(end - w.pos);
             *budget = budget.saturating_sub(take * active);
@@ -236,7 +248,6 @@ impl Fanout {
 mod tests {
     use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-    use super::super::topic::TOMBSTONE;
     use super::*;
     use crate::test_rng::Rng;
 
@@ -247,6 +258,16 @@ mod tests {
 
     fn seq_of(f: &Bytes) -> u64 {
         u64::from_le_bytes(f[..8].try_into().unwrap())
+    }
+
+    /// Topic "a" with subscribers 0..n in slots 0..n.
+    fn topic_with(n: u32) -> (Topics, TopicId) {
+        let mut topics = Topics::new();
+        for c in 0..n {
+            topics.subscribe("a", c);
+        }
+        let id = topics.lookup("a").unwrap();
+        (topics, id)
     }
 
     /// A model of the shard: connections subscribe, leave, publish; the fan-out runs with
@@ -291,17 +312,10 @@ mod tests {
                     break;
                 }
                 let t = seg.topic.unwrap();
-                for &c in &seg.subscribers {
-                    if c == TOMBSTONE {
-                        continue;
-                    }
+                for (c, f) in seg.deliveries() {
                     assert!(!left.contains(&c), "delivery to a connection that left");
                     assert_eq!(subs[&c].0, topics.topic(t).name.as_ref());
-                    for (f, ex) in &seg.frames {
-                        if Some(c) != *ex {
-                            got.entry(c).or_default().push(seq_of(f));
-                        }
-                    }
+                    got.entry(c).or_default().push(seq_of(f));
                 }
             }
         };
@@ -435,14 +449,9 @@ mod tests {
 
     #[test]
     fn a_publish_joins_the_walk_in_progress() {
-        let mut topics = Topics::new();
+        let (mut topics, id) = topic_with(10);
         let mut fan = Fanout::new(16);
         let mut seg = Segment::default();
-        let mut id = None;
-        for c in 0..10 {
-            id = Some(topics.subscribe("a", c).0);
-        }
-        let id = id.unwrap();
         fan.publish(&mut topics, id, frame(0), None);
         let mut budget = 4;
         assert!(fan.next_segment(&mut topics, &mut budget, &mut seg));
@@ -467,14 +476,9 @@ mod tests {
 
     #[test]
     fn a_walk_with_tombstones_takes_no_publish_after_its_wrap() {
-        let mut topics = Topics::new();
+        let (mut topics, id) = topic_with(6);
         let mut fan = Fanout::new(16);
         let mut seg = Segment::default();
-        let mut id = None;
-        for c in 0..6 {
-            id = Some(topics.subscribe("a", c).0);
-        }
-        let id = id.unwrap();
         fan.publish(&mut topics, id, frame(0), None);
         let mut budget = 3;
         assert!(fan.next_segment(&mut topics, &mut budget, &mut seg));
@@ -508,11 +512,9 @@ mod tests {
 
     #[test]
     fn a_subscriber_arriving_mid_walk_gets_the_publishes_made_after_it() {
-        let mut topics = Topics::new();
+        let (mut topics, id) = topic_with(2);
         let mut fan = Fanout::new(16);
         let mut seg = Segment::default();
-        let (id, _, _) = topics.subscribe("a", 0);
-        topics.subscribe("a", 1);
         fan.publish(&mut topics, id, frame(0), None);
         let mut budget = 1;
         assert!(fan.next_segment(&mut topics, &mut budget, &mut seg));
@@ -521,11 +523,7 @@ mod tests {
         let mut got: Vec<(u32, u64)> = Vec::new();
         let mut budget = 100;
         while fan.next_segment(&mut topics, &mut budget, &mut seg) {
-            for &c in &seg.subscribers {
-                for (f, _) in &seg.frames {
-                    got.push((c, seq_of(f)));
-                }
-            }
+            got.extend(seg.deliveries().map(|(c, f)| (c, seq_of(f))));
         }
         assert_eq!(got, vec![(1, 0), (0, 1), (1, 1), (2, 1)]);
     }

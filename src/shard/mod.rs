@@ -29,7 +29,7 @@ use socket2::{SockRef, Socket};
 
 use crate::broker::fanout::{Fanout, Segment};
 use crate::broker::mesh::{MeshMsg, MeshPort};
-use crate::broker::topic::{self, TopicId, Topics};
+use crate::broker::topic::{TopicId, Topics};
 use crate::config::{Limits, ServerConfig};
 use crate::driver::{ConnKey, Driver, Event, RecvStop};
 use crate::proto::close::{self, CloseFrame};
@@ -1156,15 +1156,8 @@ impl State {
             if !more {
                 break;
             }
-            for &index in &seg.subscribers {
-                if index == topic::TOMBSTONE {
-                    continue;
-                }
-                for (frame, exclude) in &seg.frames {
-                    if Some(index) != *exclude {
-                        self.deliver(index, frame, seg.sharers);
-                    }
-                }
+            for (index, frame) in seg.deliveries() {
+                self.deliver(index, frame, seg.sharers);
             }
         }
         seg.frames.clear();
